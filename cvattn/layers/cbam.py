@@ -1,0 +1,105 @@
+"""CBAM: Convolutional Block Attention Module (Woo, Park, Lee, Kweon. ECCV 2018).
+
+A channel gate followed by a spatial gate, on the residual branch before the add:
+- channel gate: a shared MLP (C→C/r→C) applied to the average-pooled and the max-pooled descriptors, summed,
+  sigmoid; output (B, C, 1, 1).
+- spatial gate: the channel-wise max and mean maps, concatenated, 7×7 convolution (no bias) + BatchNorm, sigmoid;
+  output (B, 1, H, W).
+
+Two conventions, chosen by ``convention`` (or by the names ``'cbam'`` / ``'cbam_timm'`` in ``create_attn``):
+
+================  ==============================  ===================================
+                  ``'paper'`` (default)            ``'timm'`` (timm ``CbamModule``)
+================  ==============================  ===================================
+MLP bias          yes (Linear layers with bias)    no
+spatial input     [max, mean]                      [mean, max]
+================  ==============================  ===================================
+
+Deviation from the paper: the MLP layers are 1×1 convolutions, so state_dicts load timm's weights directly.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+import torch.nn as nn
+
+from cvattn.layers.helpers import LayerType, check_channels, check_convention, get_act_layer, make_divisible
+
+
+class ChannelAttn(nn.Module):
+    """CBAM's channel gate: shared MLP over average- and max-pooled descriptors."""
+
+    def __init__(
+        self,
+        channels: int,
+        rd_ratio: float = 1 / 16,
+        rd_channels: int | None = None,
+        rd_divisor: int = 1,
+        act_layer: LayerType = "relu",
+        gate_layer: LayerType = "sigmoid",
+        convention: str = "paper",
+    ):
+        super().__init__()
+        check_channels("ChannelAttn", channels)
+        bias = check_convention(convention) == "paper"
+        if not rd_channels:
+            rd_channels = make_divisible(channels * rd_ratio, rd_divisor, round_limit=0.0)
+        self.fc1 = nn.Conv2d(channels, rd_channels, kernel_size=1, bias=bias)
+        self.act = get_act_layer(act_layer)()
+        self.fc2 = nn.Conv2d(rd_channels, channels, kernel_size=1, bias=bias)
+        self.gate = get_act_layer(gate_layer)()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        avg_logits = self.fc2(self.act(self.fc1(x.mean((2, 3), keepdim=True))))   # (B, C, 1, 1)
+        max_logits = self.fc2(self.act(self.fc1(x.amax((2, 3), keepdim=True))))   # (B, C, 1, 1)
+        return x * self.gate(avg_logits + max_logits)
+
+
+class SpatialAttn(nn.Module):
+    """CBAM's spatial gate: a k×k convolution + BN over the channel-wise max and mean maps.
+
+    On its own (``create_attn('spatial', C)``) it is the spatial-only attention block.
+    """
+
+    def __init__(self, channels: int | None = None, kernel_size: int = 7, gate_layer: LayerType = "sigmoid",
+                 convention: str = "paper"):
+        super().__init__()
+        # `channels` is accepted for the shared constructor vocabulary; the gate is independent of width.
+        self.max_first = check_convention(convention) == "paper"
+        if kernel_size < 1 or kernel_size % 2 == 0:
+            raise ValueError(f"SpatialAttn kernel_size must be a positive odd integer, got {kernel_size}.")
+        # Named conv.conv / conv.bn so that timm's ConvNormAct weights load unchanged.
+        self.conv = nn.Sequential(OrderedDict(
+            conv=nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2, bias=False),
+            bn=nn.BatchNorm2d(1),
+        ))
+        self.gate = get_act_layer(gate_layer)()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        max_map = x.amax(dim=1, keepdim=True)                    # (B, 1, H, W)
+        mean_map = x.mean(dim=1, keepdim=True)                   # (B, 1, H, W)
+        pooled = [max_map, mean_map] if self.max_first else [mean_map, max_map]
+        return x * self.gate(self.conv(torch.cat(pooled, dim=1)))
+
+
+class CbamModule(nn.Module):
+    """CBAM: ``self.channel`` (``ChannelAttn``) then ``self.spatial`` (``SpatialAttn``)."""
+
+    def __init__(
+        self,
+        channels: int,
+        rd_ratio: float = 1 / 16,
+        rd_channels: int | None = None,
+        rd_divisor: int = 1,
+        spatial_kernel_size: int = 7,
+        act_layer: LayerType = "relu",
+        gate_layer: LayerType = "sigmoid",
+        convention: str = "paper",
+    ):
+        super().__init__()
+        self.channel = ChannelAttn(channels, rd_ratio, rd_channels, rd_divisor, act_layer, gate_layer, convention)
+        self.spatial = SpatialAttn(channels, spatial_kernel_size, gate_layer, convention)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.spatial(self.channel(x))

@@ -1,0 +1,51 @@
+"""``create_attn(name, channels, **kwargs)``: attention blocks by name, as models' ``attn_layer`` takes them."""
+from __future__ import annotations
+
+import difflib
+from functools import partial
+from typing import Callable
+
+import torch.nn as nn
+
+from cvattn.layers.cbam import CbamModule, ChannelAttn, SpatialAttn
+from cvattn.layers.eca import EcaModule
+from cvattn.layers.se import SEModule
+
+_ATTN: dict[str, Callable[..., nn.Module]] = {
+    "se": SEModule,
+    "se_timm": partial(SEModule, convention="timm"),
+    "eca": EcaModule,
+    "channel": ChannelAttn,
+    "channel_timm": partial(ChannelAttn, convention="timm"),
+    "spatial": SpatialAttn,
+    "spatial_timm": partial(SpatialAttn, convention="timm"),
+    "cbam": CbamModule,
+    "cbam_timm": partial(CbamModule, convention="timm"),
+}
+_NONE = ("none", "")
+
+
+def list_attn() -> list[str]:
+    """The names ``create_attn`` accepts (besides ``'none'``)."""
+    return sorted(_ATTN)
+
+
+def get_attn(name: str | None) -> Callable[..., nn.Module] | None:
+    """The block constructor for ``name``; ``None`` for no attention (``None`` or ``'none'``)."""
+    if name is None or name.lower() in _NONE:
+        return None
+    key = name.lower()
+    if key not in _ATTN:
+        close = difflib.get_close_matches(key, list(_ATTN) + ["none"], n=3)
+        hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+        raise ValueError(f"Unknown attention {name!r}.{hint} Accepted: 'none', {', '.join(map(repr, list_attn()))}.")
+    return _ATTN[key]
+
+
+def create_attn(name: str | None, channels: int, **kwargs) -> nn.Module | None:
+    """Build the attention block ``name`` for ``channels`` channels (``None`` for ``'none'``).
+
+    >>> create_attn("cbam", 64, rd_ratio=1 / 8)
+    """
+    block = get_attn(name)
+    return None if block is None else block(channels, **kwargs)

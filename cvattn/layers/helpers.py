@@ -1,0 +1,61 @@
+"""Small shared pieces of the attention blocks: channel rounding and the layer-by-name lookup."""
+from __future__ import annotations
+
+import difflib
+from typing import Callable, Union
+
+import torch.nn as nn
+
+LayerType = Union[str, Callable[..., nn.Module], None]
+
+_ACTIVATIONS: dict[str, Callable[..., nn.Module]] = {
+    "relu": nn.ReLU,
+    "gelu": nn.GELU,
+    "silu": nn.SiLU,
+    "swish": nn.SiLU,
+    "sigmoid": nn.Sigmoid,
+    "hard_sigmoid": nn.Hardsigmoid,
+    "tanh": nn.Tanh,
+    "identity": nn.Identity,
+}
+
+CONVENTIONS = ("paper", "timm")
+
+
+def make_divisible(value: float, divisor: int = 8, min_value: int | None = None, round_limit: float = 0.9) -> int:
+    """Round ``value`` to the nearest multiple of ``divisor`` (never below ``min_value``), as timm does.
+
+    With ``round_limit=0`` the result may fall below ``value``; SE uses that, so C=64 at 1/16 gives 8 when
+    ``divisor=8`` and the paper's 4 when ``divisor=1``.
+    """
+    min_value = min_value or divisor
+    rounded = max(min_value, int(value + divisor / 2) // divisor * divisor)
+    if rounded < round_limit * value:
+        rounded += divisor
+    return rounded
+
+
+def get_act_layer(layer: LayerType) -> Callable[..., nn.Module]:
+    """Resolve an activation given by name (``'relu'``), by class, or ``None`` (identity)."""
+    if layer is None:
+        return nn.Identity
+    if isinstance(layer, str):
+        key = layer.lower()
+        if key not in _ACTIVATIONS:
+            close = difflib.get_close_matches(key, _ACTIVATIONS, n=2)
+            hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+            raise ValueError(f"Unknown activation {layer!r}.{hint} Known: {', '.join(sorted(_ACTIVATIONS))}.")
+        return _ACTIVATIONS[key]
+    return layer
+
+
+def check_convention(convention: str) -> str:
+    if convention not in CONVENTIONS:
+        raise ValueError(f"Unknown convention {convention!r}: use 'paper' or 'timm'.")
+    return convention
+
+
+def check_channels(block: str, channels: int) -> int:
+    if not isinstance(channels, int) or channels < 1:
+        raise ValueError(f"{block} needs a positive integer number of channels, got {channels!r}.")
+    return channels

@@ -1,0 +1,4 @@
+"""LightningModules: ``ImageClassifier`` for every classification model, ``RAMModule`` for hard attention."""
+from cvattn.lightning.classifier import ImageClassifier
+
+__all__ = ["ImageClassifier"]

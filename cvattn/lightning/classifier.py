@@ -1,0 +1,136 @@
+"""``ImageClassifier``: the LightningModule that trains any registered classification model."""
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torchmetrics.classification import MulticlassAccuracy
+
+from cvattn.models import create_model
+
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULERS = ("cosine", "onecycle", "none")
+
+
+def _choice(kind: str, value: str, accepted: tuple[str, ...]) -> str:
+    if value not in accepted:
+        raise ValueError(f"Unknown {kind} {value!r}: accepted {', '.join(map(repr, accepted))}.")
+    return value
+
+
+def _positive(name: str, value: float) -> None:
+    if not value > 0:
+        raise ValueError(f"{name} must be > 0, got {value}.")
+
+
+class ImageClassifier(L.LightningModule):
+    """Trains ``create_model(model, num_classes=..., in_chans=..., **model_kwargs)`` with cross-entropy.
+
+    Batches are ``(images, labels)`` or ``(images, labels, boxes)``. Logs ``train/loss``, ``train/acc``,
+    ``val/loss``, ``val/acc``, ``test/loss``, ``test/acc`` (accuracy from torchmetrics, reduced across devices).
+
+    Args:
+        model: a registered model name (``cvattn.list_models()``).
+        model_kwargs: extra constructor arguments, e.g. ``{attn_layer: cbam}``.
+        num_classes, in_chans: linked from the datamodule by ``train.py``.
+        optimizer: ``'sgd'`` (Nesterov momentum) or ``'adamw'``.
+        lr, weight_decay, momentum: optimiser settings; weight decay skips biases and norm parameters.
+        scheduler: ``'cosine'`` (per step, after ``warmup_epochs`` of linear warm-up), ``'onecycle'`` or ``'none'``.
+        label_smoothing: cross-entropy label smoothing.
+        channels_last: train with the ``channels_last`` memory format (faster convolutions on GPUs).
+        compile: wrap the model in ``torch.compile``.
+    """
+
+    def __init__(
+        self,
+        model: str = "resnet20",
+        model_kwargs: dict | None = None,
+        num_classes: int = 10,
+        in_chans: int = 3,
+        optimizer: str = "sgd",
+        lr: float = 0.1,
+        weight_decay: float = 5e-4,
+        momentum: float = 0.9,
+        scheduler: str = "cosine",
+        warmup_epochs: float = 0.0,
+        label_smoothing: float = 0.0,
+        channels_last: bool = False,
+        compile: bool = False,
+    ):
+        super().__init__()
+        _choice("optimizer", optimizer, OPTIMIZERS)
+        _choice("scheduler", scheduler, SCHEDULERS)
+        _positive("lr", lr)
+        if weight_decay < 0 or warmup_epochs < 0 or not 0 <= label_smoothing < 1:
+            raise ValueError(f"weight_decay and warmup_epochs must be ≥ 0 and label_smoothing in [0, 1); got "
+                             f"weight_decay={weight_decay}, warmup_epochs={warmup_epochs}, "
+                             f"label_smoothing={label_smoothing}.")
+        self.save_hyperparameters()
+        self.model = create_model(model, num_classes=num_classes, in_chans=in_chans, **(model_kwargs or {}))
+        if channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self._forward = torch.compile(self.model) if compile else self.model
+        self.metrics = nn.ModuleDict({
+            f"{stage}_acc": MulticlassAccuracy(num_classes, average="micro") for stage in ("train", "val", "test")
+        })
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.hparams.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return self._forward(images)
+
+    def _step(self, batch, stage: str) -> torch.Tensor:
+        images, labels = batch[0], batch[1]
+        logits = self(images)
+        loss = F.cross_entropy(logits, labels, label_smoothing=self.hparams.label_smoothing)
+        accuracy = self.metrics[f"{stage}_acc"]
+        accuracy(logits, labels)
+        on_step = stage == "train"
+        self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, sync_dist=not on_step,
+                 batch_size=labels.shape[0])
+        self.log(f"{stage}/acc", accuracy, on_step=False, on_epoch=True, prog_bar=True)
+        return loss
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        loss = self._step(batch, "train")
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite training loss {loss.item()} at global step {self.global_step}, "
+                                     f"batch {batch_idx}; stopping. The last good checkpoint is kept.")
+        return loss
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._step(batch, "test")
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        decay, no_decay = [], []
+        for param in self.model.parameters():
+            if param.requires_grad:
+                (no_decay if param.ndim <= 1 else decay).append(param)
+        groups = [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        if hp.optimizer == "sgd":
+            optimizer = torch.optim.SGD(groups, lr=hp.lr, momentum=hp.momentum, nesterov=hp.momentum > 0)
+        else:
+            optimizer = torch.optim.AdamW(groups, lr=hp.lr)
+        if hp.scheduler == "none":
+            return optimizer
+        total_steps = self.trainer.estimated_stepping_batches
+        if hp.scheduler == "onecycle":
+            scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=hp.lr, total_steps=total_steps)
+        else:
+            warmup_steps = int(hp.warmup_epochs * total_steps / max(1, self.trainer.max_epochs or 1))
+
+            def cosine_with_warmup(step: int) -> float:
+                if step < warmup_steps:
+                    return (step + 1) / warmup_steps
+                progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+                return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,0 +1,124 @@
+"""Attention blocks: parity with timm, both conventions, the factory and attention capture."""
+import pytest
+import timm.layers
+import timm.layers.cbam
+import torch
+import torch.nn as nn
+
+from cvattn.layers import (CbamModule, ChannelAttn, EcaModule, SEModule, SpatialAttn, capture_attention, create_attn,
+                           eca_kernel_size, list_attn)
+
+
+def randomise(module: nn.Module, seed: int = 0) -> nn.Module:
+    """Random weights and BN statistics, so that parity is not a coincidence of the default init."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for tensor in list(module.parameters()) + [b for b in module.buffers() if b.is_floating_point()]:
+            tensor.copy_(torch.randn(tensor.shape, generator=gen) * 0.5)
+        for m in module.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_var.copy_(torch.rand(m.running_var.shape, generator=gen) + 0.5)
+    return module.eval()
+
+
+@pytest.fixture
+def x():
+    return torch.randn(4, 64, 9, 7, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.mark.parametrize("channels, paper_width, timm_width", [(64, 4, 8), (256, 16, 16), (48, 3, 8)])
+def test_se_width_conventions(channels, paper_width, timm_width):
+    assert SEModule(channels).fc1.out_channels == paper_width
+    assert create_attn("se_timm", channels).fc1.out_channels == timm_width
+    assert timm.layers.SEModule(channels).fc1.out_channels == timm_width
+
+
+@pytest.mark.parametrize("name", ["se", "se_timm"])
+def test_se_matches_timm(name, x):
+    ours = randomise(create_attn(name, 64))
+    theirs = timm.layers.SEModule(64, rd_divisor=ours.fc1.out_channels if name == "se" else 8)
+    assert ours.fc1.out_channels == theirs.fc1.out_channels
+    theirs.load_state_dict(ours.state_dict())
+    torch.testing.assert_close(ours(x), theirs.eval()(x), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("channels, kernel", [(16, 3), (64, 3), (96, 3), (128, 5), (1024, 5), (2048, 7)])
+def test_eca_adaptive_kernel(channels, kernel):
+    assert eca_kernel_size(channels) == kernel
+    assert EcaModule(channels).conv.kernel_size == (kernel,)
+    assert timm.layers.EcaModule(channels).conv.kernel_size == (kernel,)
+
+
+@pytest.mark.parametrize("channels", [64, 128])
+def test_eca_matches_timm(channels):
+    x = torch.randn(3, channels, 5, 5)
+    ours = randomise(EcaModule(channels))
+    theirs = timm.layers.EcaModule(channels)
+    theirs.load_state_dict(ours.state_dict())
+    torch.testing.assert_close(ours(x), theirs(x), atol=1e-6, rtol=0)
+
+
+def test_cbam_timm_convention_matches_timm(x):
+    ours = randomise(create_attn("cbam_timm", 64))
+    theirs = timm.layers.cbam.CbamModule(64)
+    theirs.load_state_dict(ours.state_dict())
+    torch.testing.assert_close(ours(x), theirs.eval()(x), atol=1e-6, rtol=0)
+
+
+def test_cbam_paper_convention_is_timm_with_swapped_pooling_and_biases(x):
+    """Paper CBAM = timm CBAM with the spatial conv's two input channels swapped and the MLP biases added."""
+    ours = randomise(CbamModule(64))
+    assert ours.channel.fc1.bias is not None and ours.spatial.max_first
+    theirs = timm.layers.cbam.CbamModule(64).eval()
+    state = {k: v for k, v in ours.state_dict().items() if not k.endswith("bias") or "bn" in k}
+    state["spatial.conv.conv.weight"] = state["spatial.conv.conv.weight"].flip(1)
+    theirs.load_state_dict(state)
+    with torch.no_grad():
+        for fc in ("fc1", "fc2"):
+            getattr(ours.channel, fc).bias.zero_()
+    torch.testing.assert_close(ours(x), theirs(x), atol=1e-6, rtol=0)
+    with torch.no_grad():
+        ours.channel.fc2.bias.fill_(0.3)
+    assert not torch.allclose(ours(x), theirs(x), atol=1e-4)
+
+
+def test_spatial_gate_reads_max_then_mean():
+    gate = SpatialAttn(kernel_size=1).eval()
+    with torch.no_grad():
+        gate.conv.conv.weight.copy_(torch.tensor([1.0, 0.0]).view(1, 2, 1, 1))  # weight only the first input
+    x = torch.tensor([[[[1.0]], [[3.0]]]])  # max 3, mean 2
+    with capture_attention(gate) as maps:
+        gate(x)
+    bn = gate.conv.bn
+    expected = torch.sigmoid((torch.tensor(3.0) - bn.running_mean) / torch.sqrt(bn.running_var + bn.eps))
+    torch.testing.assert_close(maps[""].flatten(), expected)
+
+
+def test_factory_names_and_errors():
+    assert create_attn("none", 8) is None and create_attn(None, 8) is None
+    for name in list_attn():
+        block = create_attn(name, 32)
+        assert block(torch.randn(2, 32, 4, 4)).shape == (2, 32, 4, 4)
+    with pytest.raises(ValueError, match=r"Unknown attention 'cbma'.*Did you mean 'cbam'.*'eca'"):
+        create_attn("cbma", 32)
+    with pytest.raises(ValueError, match="positive integer number of channels, got 0"):
+        SEModule(0)
+    with pytest.raises(ValueError, match="positive odd integer, got 4"):
+        EcaModule(32, kernel_size=4)
+    with pytest.raises(ValueError, match="Unknown activation 'relux'.*'relu'"):
+        SEModule(32, act_layer="relux")
+    with pytest.raises(ValueError, match="Unknown convention 'keras'"):
+        ChannelAttn(32, convention="keras")
+
+
+def test_capture_attention_returns_the_applied_gates(x):
+    block = randomise(CbamModule(64))
+    with capture_attention(block) as maps:
+        out = block(x)
+    channel, spatial = maps["channel"], maps["spatial"]
+    assert channel.shape == (4, 64, 1, 1) and spatial.shape == (4, 1, 9, 7)
+    assert ((channel > 0) & (channel < 1)).all()
+    torch.testing.assert_close(out, x * channel * spatial)
+    assert channel.requires_grad  # stays in the graph for gradient-weighted maps
+    block(x)  # after the with-block nothing is collected any more
+    assert maps["channel"] is channel and not block.channel.gate._forward_hooks

@@ -1,0 +1,98 @@
+"""Registry and CNN backbones: names, attention slots, backbone reuse, input checks."""
+import pytest
+import torch
+
+import cvattn
+from cvattn.layers import CbamModule, EcaModule, SEModule, SpatialAttn, capture_attention
+from cvattn.models.resnet import BasicBlock
+
+
+def test_registry_lists_and_filters():
+    names = cvattn.list_models()
+    assert names == sorted(names)
+    assert {"resnet20", "resnet56", "resnet18", "se_resnet20", "cbam_resnet56", "convnet2"} <= set(names)
+    assert cvattn.list_models("cbam_*") == [n for n in names if n.startswith("cbam_")]
+    with pytest.raises(ValueError, match=r"Unknown model 'resnet21'.*Did you mean 'resnet20'.*Registered models:"):
+        cvattn.create_model("resnet21")
+
+
+@pytest.mark.parametrize("name, blocks", [("resnet20", 9), ("resnet56", 27), ("resnet18", 8)])
+def test_resnet_depths(name, blocks):
+    model = cvattn.create_model(name, num_classes=7, in_chans=1)
+    assert sum(isinstance(m, BasicBlock) for m in model.modules()) == blocks
+    assert model(torch.randn(2, 1, 28, 28)).shape == (2, 7)
+
+
+@pytest.mark.parametrize("attn, block_type", [("se", SEModule), ("eca", EcaModule), ("cbam", CbamModule),
+                                              ("spatial", SpatialAttn)])
+def test_attention_slot_after_last_bn(attn, block_type):
+    model = cvattn.create_model(f"{attn}_resnet20", num_classes=10, in_chans=3)
+    blocks = [m for m in model.modules() if isinstance(m, BasicBlock)]
+    assert all(isinstance(b.attn, block_type) for b in blocks)
+    assert list(dict(blocks[0].named_children())) == ["conv1", "bn1", "act1", "conv2", "bn2", "attn", "shortcut",
+                                                      "act2"]
+    same = cvattn.create_model("resnet20", attn_layer=attn, num_classes=10, in_chans=3)
+    assert same.state_dict().keys() == model.state_dict().keys()
+
+
+def test_attention_changes_the_block_output():
+    torch.manual_seed(0)
+    block = BasicBlock(8, 8, attn_layer="cbam").eval()
+    torch.nn.init.ones_(block.bn2.weight)
+    x = torch.randn(2, 8, 6, 6)
+    with capture_attention(block) as maps:
+        out = block(x)
+    branch = block.bn2(block.conv2(block.act1(block.bn1(block.conv1(x)))))
+    expected = torch.relu(branch * maps["attn.channel"] * maps["attn.spatial"] + x)
+    torch.testing.assert_close(out, expected)
+
+
+@pytest.mark.parametrize("name", ["cbam_resnet20", "resnet18", "convnet2"])
+def test_backbone_reuse(name):
+    model = cvattn.create_model(name, num_classes=10, in_chans=3).eval()
+    x = torch.randn(2, 3, 32, 32)
+    features = model.forward_features(x)
+    torch.testing.assert_close(model.forward_head(features), model(x))
+    assert model.forward_head(features, pre_logits=True).shape == (2, model.num_features)
+    info = model.feature_info
+    assert info[-1]["num_chs"] == features.shape[1] == model.num_features
+    assert 32 // info[-1]["reduction"] == features.shape[-1]
+
+
+def test_features_only_matches_forward_features():
+    model = cvattn.create_model("se_resnet20", num_classes=10, in_chans=3).eval()
+    backbone = cvattn.create_model("se_resnet20", num_classes=10, in_chans=3, features_only=True).eval()
+    backbone.load_state_dict(model.state_dict(), strict=False)
+    x = torch.randn(2, 3, 32, 32)
+    maps = backbone(x)
+    assert [m.shape[1] for m in maps] == [f["num_chs"] for f in backbone.feature_info] == [16, 32, 64]
+    assert [32 // m.shape[-1] for m in maps] == [f["reduction"] for f in backbone.feature_info] == [1, 2, 4]
+    torch.testing.assert_close(maps[-1], model.forward_features(x))
+    picked = cvattn.create_model("resnet18", in_chans=3, features_only=True, out_indices=(1, 3))
+    assert [f["num_chs"] for f in picked.feature_info] == [128, 512]
+    assert [m.shape[1] for m in picked(x)] == [128, 512]
+
+
+def test_wrong_input_channels_names_both():
+    model = cvattn.create_model("resnet20", num_classes=10, in_chans=1)
+    with pytest.raises(ValueError, match=r"in_chans=1.*shape \(2, 3, 28, 28\)"):
+        model(torch.randn(2, 3, 28, 28))
+    with pytest.raises(ValueError, match=r"Unknown attention 'sse'"):
+        cvattn.create_model("resnet20", attn_layer="sse")
+
+
+def test_models_train_on_a_tiny_batch():
+    """A few SGD steps on one batch drive the loss down: the blocks are wired into the graph."""
+    torch.manual_seed(0)
+    model = cvattn.create_model("cbam_resnet20", num_classes=4, in_chans=1)
+    x, y = torch.randn(16, 1, 16, 16), torch.randint(0, 4, (16,))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    losses = []
+    for _ in range(30):
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+    assert model.stages[0][0].attn.spatial.conv.conv.weight.grad.abs().sum() > 0
