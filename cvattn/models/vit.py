@@ -1,0 +1,469 @@
+"""Vision Transformer whose attention can always be read.
+
+Dosovitskiy et al. "An Image is Worth 16x16 Words: Transformers for Image Recognition at Scale", ICLR 2021.
+An image is cut into p×p patches, each patch is projected to ``embed_dim`` (a stride-p convolution), a learned
+class token is prepended and learned position embeddings are added; pre-norm blocks (LN → multi-head
+self-attention → residual, LN → MLP → residual) follow, and the class token (or the mean of the patch tokens)
+feeds a linear classifier.
+
+Multi-head self-attention, per head h with d_head = embed_dim / num_heads:
+    A_h = softmax(Q_h K_hᵀ / √d_head),  head_h = A_h V_h,  out = concat(head_1 … head_H) W_O.
+
+Two paths compute it. ``forward`` uses ``F.scaled_dot_product_attention`` (fused, never materialises A);
+``forward_attention`` writes the formula out and returns every layer's A. Both give the same output (tested to
+1e-5), and the ordinary forward pays nothing for the second path existing.
+
+State-dict keys, initialisation and the classifier layout follow timm's ``VisionTransformer`` (timm 1.0), so
+``model.load_state_dict(timm_model.state_dict())`` works and gives the same logits.
+
+Deviations from the paper and from timm:
+- Any input size that the patch size divides is accepted: the position embeddings are resampled (bicubic,
+  anti-aliased, like timm's ``resample_abs_pos_embed`` with ``dynamic_img_size=True``) to the input's patch grid.
+- ``local_window=w`` restricts each patch to the patches within Chebyshev distance w on the patch grid (a
+  (2w+1)×(2w+1) neighbourhood); the class token still attends to, and is attended by, every token. The paper has
+  no such option; it is the "local attention" of Ramachandran et al. (NeurIPS 2019) applied to ViT tokens.
+- Only a class token, learned absolute position embeddings and 'token'/'avg' pooling: no register tokens,
+  layer scale, QK-norm or attention pooling.
+"""
+from __future__ import annotations
+
+import difflib
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from cvattn.models._registry import register_model
+
+GLOBAL_POOLS = ("token", "avg")
+
+
+def _pair(size: int | Sequence[int]) -> tuple[int, int]:
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+def resample_pos_embed(
+    pos_embed: torch.Tensor, new_grid: tuple[int, int], old_grid: tuple[int, int], num_prefix_tokens: int = 1
+) -> torch.Tensor:
+    """Resample (1, prefix + H·W, C) position embeddings from ``old_grid`` to ``new_grid`` (bicubic, anti-aliased).
+
+    The prefix (class token) embeddings are kept as they are; the rest is treated as a C-channel H×W image.
+    Same maths as timm's ``resample_abs_pos_embed`` (its default bicubic + antialias settings).
+    """
+    prefix, grid = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
+    dim = grid.shape[-1]
+    grid = grid.float().reshape(1, *old_grid, dim).permute(0, 3, 1, 2)          # (1, C, H_old, W_old)
+    grid = F.interpolate(grid, size=new_grid, mode="bicubic", antialias=True, align_corners=False)
+    grid = grid.permute(0, 2, 3, 1).reshape(1, -1, dim).to(pos_embed.dtype)      # (1, H_new·W_new, C)
+    return torch.cat([prefix, grid], dim=1)
+
+
+def local_attention_mask(
+    grid_size: tuple[int, int], window: int, num_prefix_tokens: int = 1, device: torch.device | None = None
+) -> torch.Tensor:
+    """Which token may attend to which, (T, T) bool with T = prefix + H·W; True = allowed.
+
+    Patch i may attend to patch j when max(|row_i - row_j|, |col_i - col_j|) ≤ ``window``; prefix tokens attend
+    to everything and are attended by everything. Both attention paths turn False into an additive -inf before
+    the softmax, so masked weights are exactly 0.
+    """
+    rows, cols = torch.meshgrid(torch.arange(grid_size[0], device=device),
+                                torch.arange(grid_size[1], device=device), indexing="ij")
+    rows, cols = rows.flatten(), cols.flatten()                                  # (H·W,)
+    chebyshev = torch.maximum((rows[:, None] - rows).abs(), (cols[:, None] - cols).abs())  # (H·W, H·W)
+    return F.pad(chebyshev <= window, (num_prefix_tokens, 0, num_prefix_tokens, 0), value=True)
+
+
+class PatchEmbed(nn.Module):
+    """Image (B, C, H, W) → patch tokens (B, H/p · W/p, embed_dim), by a p×p convolution with stride p.
+
+    ``grid_size`` is the patch grid of the build size ``img_size``; other sizes are accepted (see
+    ``VisionTransformer.grid_size_for``).
+    """
+
+    def __init__(self, img_size: int | Sequence[int], patch_size: int, in_chans: int, embed_dim: int):
+        super().__init__()
+        self.img_size = _pair(img_size)
+        self.patch_size = (patch_size, patch_size)
+        if self.img_size[0] % patch_size or self.img_size[1] % patch_size:
+            raise ValueError(f"img_size {self.img_size} is not divisible by patch_size {patch_size}: the image must "
+                             f"split into whole patches; use an img_size that is a multiple of {patch_size}.")
+        self.grid_size = (self.img_size[0] // patch_size, self.img_size[1] // patch_size)
+        self.num_patches = self.grid_size[0] * self.grid_size[1]
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x).flatten(2).transpose(1, 2)                          # (B, N, C)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention; ``qkv`` holds W_Q, W_K, W_V stacked (timm's layout), ``proj`` is W_O."""
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, attn_drop: float = 0.0):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"embed_dim={dim} is not divisible by num_heads={num_heads}: every head gets "
+                             f"embed_dim / num_heads channels; choose num_heads among the divisors of {dim}.")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = self.head_dim ** -0.5
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.attn_drop = nn.Dropout(attn_drop)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(
+        self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, need_weights: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(B, T, C) → (output (B, T, C), attention (B, heads, T, T) if ``need_weights`` else None).
+
+        ``attn_mask``: (T, T) bool, True where attention is allowed. The returned weights are the softmax before
+        attention dropout, so their rows sum to 1 in training mode too.
+        """
+        B, T, C = x.shape
+        qkv = self.qkv(x).reshape(B, T, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)                                                  # each (B, heads, T, d_head)
+        if need_weights:
+            # Q/√d_head, then QKᵀ: scaling Q touches T·d_head numbers per head, scaling the scores T².
+            scores = (q * self.scale) @ k.transpose(-2, -1)                      # (B, heads, T, T)
+            if attn_mask is not None:
+                scores = scores.masked_fill(~attn_mask, float("-inf"))
+            attn = scores.softmax(dim=-1)
+            x = self.attn_drop(attn) @ v                                         # (B, heads, T, d_head)
+        else:
+            attn = None
+            x = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
+                                               dropout_p=self.attn_drop.p if self.training else 0.0)
+        x = x.transpose(1, 2).reshape(B, T, C)                                   # heads concatenated
+        return self.proj(x), attn
+
+
+class Mlp(nn.Module):
+    """Linear → GELU → Linear, hidden width ``mlp_ratio · dim``."""
+
+    def __init__(self, dim: int, hidden_dim: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden_dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class DropPath(nn.Module):
+    """Stochastic depth (Huang et al. 2016): in training, drop a residual branch for a random fraction ``p`` of the
+    samples and scale the kept ones by 1 / (1 - p); the identity in eval mode."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return x
+        keep = x.new_empty(x.shape[0], *[1] * (x.ndim - 1)).bernoulli_(1 - self.p)   # (B, 1, 1)
+        return x * keep / (1 - self.p)
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + MHSA(LN(x)), then x + MLP(LN(x)), with stochastic depth on both branches."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True,
+                 attn_drop: float = 0.0, drop_path: float = 0.0):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = Attention(dim, num_heads, qkv_bias, attn_drop)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(
+        self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, need_weights: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        out, attn = self.attn(self.norm1(x), attn_mask, need_weights)
+        x = x + self.drop_path(out)
+        x = x + self.drop_path(self.mlp(self.norm2(x)))
+        return x, attn
+
+
+class VisionTransformer(nn.Module):
+    """ViT classifier with timm's constructor vocabulary and state-dict keys.
+
+    Reading the attention (one call, no switch to flip)::
+
+        logits, attn = model.forward_attention(images)
+        # attn: (batch, depth, num_heads, tokens, tokens), rows sum to 1, tokens = 1 + H/p · W/p
+        # token 0 is the class token (model.num_prefix_tokens == 1); token 1 + r·W/p + c is patch (r, c)
+        cls_to_patches = attn[:, -1, :, 0, model.num_prefix_tokens:]        # (B, heads, H/p · W/p)
+        grid = model.grid_size_for(images.shape[-2:])                        # (H/p, W/p) of *this* input
+        heatmap = cls_to_patches.mean(1).reshape(-1, *grid)
+
+    ``model.patch_embed.grid_size`` is the grid of the build size ``img_size``; for any other input size use
+    ``model.grid_size_for((H, W))``. The maps are part of the autograd graph. For gradients of a logit with
+    respect to the maps (gradient-weighted rollout), ask for the per-layer tensors that the forward actually
+    used, ``forward_attention(x, stack=False)`` → list of ``depth`` tensors (B, heads, T, T), and pass them to
+    ``torch.autograd.grad``; a stacked copy is made after the forward, so no logit depends on it.
+
+    ``forward`` stays on the fused path and is as fast as timm's model; ``forward_attention`` runs the explicit
+    path.
+
+    Backbone use, as in timm: ``forward_features`` (normalised tokens (B, T, C)), ``forward_head(x, pre_logits)``,
+    ``forward_intermediates`` (per-block patch tokens, (B, C, H/p, W/p) or (B, H/p · W/p, C)), and
+    ``features_only=True``, with which ``forward`` returns the maps of the blocks in ``out_indices`` and
+    ``feature_info`` lists their ``num_chs``, ``reduction`` and ``module``.
+
+    Args:
+        img_size: build size (int or (H, W)); it fixes the number of position embeddings.
+        patch_size: side p of the square patches; must divide the image size.
+        in_chans, num_classes: input channels and classes (``num_classes=0``: no classifier).
+        global_pool: ``'token'`` (class token → final LN → head) or ``'avg'`` (mean of patch tokens → LN → head).
+        embed_dim, depth, num_heads, mlp_ratio, qkv_bias: width, number of blocks, heads, MLP width factor,
+            bias of the Q/K/V projections.
+        drop_rate: dropout before the classifier; attn_drop_rate: dropout on the attention weights;
+            drop_path_rate: stochastic depth, rising linearly to this value over the blocks.
+        local_window: Chebyshev radius (in patches) of local attention; None for global attention.
+        features_only, out_indices: build a backbone returning the maps of the blocks ``out_indices`` (all if None).
+    """
+
+    def __init__(
+        self,
+        img_size: int | Sequence[int] = 224,
+        patch_size: int = 16,
+        in_chans: int = 3,
+        num_classes: int = 1000,
+        global_pool: str = "token",
+        embed_dim: int = 768,
+        depth: int = 12,
+        num_heads: int = 12,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        drop_rate: float = 0.0,
+        attn_drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+        local_window: int | None = None,
+        features_only: bool = False,
+        out_indices: Sequence[int] | None = None,
+    ):
+        super().__init__()
+        if global_pool not in GLOBAL_POOLS:
+            close = difflib.get_close_matches(str(global_pool), GLOBAL_POOLS, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"Unknown global_pool {global_pool!r}.{hint} Accepted: 'token' (class token) or "
+                             f"'avg' (mean of the patch tokens).")
+        if in_chans < 1 or num_classes < 0 or depth < 1:
+            raise ValueError(f"in_chans and depth must be ≥ 1 and num_classes ≥ 0; got in_chans={in_chans}, "
+                             f"depth={depth}, num_classes={num_classes}.")
+        rates = dict(drop_rate=drop_rate, attn_drop_rate=attn_drop_rate, drop_path_rate=drop_path_rate)
+        if not all(0 <= rate < 1 for rate in rates.values()):
+            raise ValueError(f"Dropout rates must be in [0, 1); got {rates}.")
+        if local_window is not None and local_window < 0:
+            raise ValueError(f"local_window must be None (global attention) or a radius ≥ 0 in patches, got "
+                             f"{local_window}.")
+        self.in_chans = in_chans
+        self.num_classes = num_classes
+        self.global_pool = global_pool
+        self.num_features = self.embed_dim = embed_dim
+        self.num_prefix_tokens = 1
+        self.local_window = local_window
+
+        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, self.num_prefix_tokens + self.patch_embed.num_patches, embed_dim))
+        drop_path_rates = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
+        self.blocks = nn.ModuleList(
+            Block(embed_dim, num_heads, mlp_ratio, qkv_bias, attn_drop_rate, rate) for rate in drop_path_rates)
+        # timm's layout: with 'avg' pooling the final LN moves after the pool (fc_norm) instead of before (norm).
+        self.norm = nn.LayerNorm(embed_dim, eps=1e-6) if global_pool == "token" else nn.Identity()
+        self.fc_norm = nn.LayerNorm(embed_dim, eps=1e-6) if global_pool == "avg" else nn.Identity()
+        self.head_drop = nn.Dropout(drop_rate)
+        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 and not features_only else nn.Identity()
+        self.features_only = features_only
+        self.out_indices = self._take_indices(out_indices)
+        self.feature_info = [dict(num_chs=embed_dim, reduction=patch_size, module=f"blocks.{i}")
+                             for i in (self.out_indices if features_only else range(depth))]
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        # timm's default ('') scheme, so models trained from scratch here start like timm's.
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        nn.init.normal_(self.cls_token, std=1e-6)
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.trunc_normal_(module.weight, std=0.02)
+                nn.init.zeros_(module.bias)
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameters that should not be weight-decayed (timm's convention)."""
+        return {"pos_embed", "cls_token"}
+
+    def grid_size_for(self, img_size: int | Sequence[int]) -> tuple[int, int]:
+        """Patch grid (H/p, W/p) of an input of spatial size ``img_size`` (int or (H, W))."""
+        (height, width), (ph, pw) = _pair(img_size), self.patch_embed.patch_size
+        if height % ph or width % pw:
+            raise ValueError(f"Input size {(height, width)} is not divisible by patch_size {ph}: the image must "
+                             f"split into whole patches; resize or crop it to a multiple of {ph}.")
+        return height // ph, width // pw
+
+    def _take_indices(self, indices: Sequence[int] | None) -> list[int]:
+        depth = len(self.blocks)
+        if indices is None:
+            return list(range(depth))
+        if not all(-depth <= i < depth for i in indices):
+            raise ValueError(f"Block indices {list(indices)} out of range for depth {depth}: use 0..{depth - 1} "
+                             f"(or negative indices from the end).")
+        return [i % depth for i in indices]
+
+    def _embed(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, tuple[int, int]]:
+        """Images → (tokens (B, T, C), attention mask (T, T) or None, patch grid)."""
+        if x.ndim != 4 or x.shape[1] != self.in_chans:
+            raise ValueError(f"{type(self).__name__} was built for in_chans={self.in_chans} and takes (B, "
+                             f"{self.in_chans}, H, W) images; got a tensor of shape {tuple(x.shape)}.")
+        grid = self.grid_size_for(x.shape[-2:])
+        pos_embed = self.pos_embed
+        if grid != self.patch_embed.grid_size:
+            pos_embed = resample_pos_embed(pos_embed, grid, self.patch_embed.grid_size, self.num_prefix_tokens)
+        x = self.patch_embed(x)                                                  # (B, N, C)
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)     # (B, 1 + N, C)
+        x = x + pos_embed
+        mask = None
+        if self.local_window is not None:
+            mask = local_attention_mask(grid, self.local_window, self.num_prefix_tokens, x.device)
+        return x, mask, grid
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Images (B, C, H, W) → normalised tokens (B, 1 + H/p · W/p, embed_dim), fused attention."""
+        x, mask, _ = self._embed(x)
+        for block in self.blocks:
+            x, _ = block(x, mask)
+        return self.norm(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Tokens (B, T, C) → pooled features (B, C) if ``pre_logits`` else logits (B, num_classes)."""
+        x = x[:, 0] if self.global_pool == "token" else x[:, self.num_prefix_tokens:].mean(dim=1)
+        x = self.head_drop(self.fc_norm(x))
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        if self.features_only:
+            return self.forward_intermediates(x, self.out_indices, intermediates_only=True)
+        return self.forward_head(self.forward_features(x))
+
+    def forward_attention(
+        self, x: torch.Tensor, stack: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor | list[torch.Tensor]]:
+        """Logits and every block's attention weights, computed by the explicit path.
+
+        Returns ``(logits, attn)``: logits (B, num_classes) equal to ``forward(x)`` (up to float rounding) and
+        attn (B, depth, num_heads, T, T), T = 1 + H/p · W/p, each row a softmax (sums to 1; exactly 0 where
+        ``local_window`` masks). With ``stack=False``, attn is the list of per-block (B, num_heads, T, T) tensors
+        that the forward used, for ``torch.autograd.grad(logit, attn)``.
+        """
+        x, mask, _ = self._embed(x)
+        maps = []
+        for block in self.blocks:
+            x, attn = block(x, mask, need_weights=True)
+            maps.append(attn)
+        logits = self.forward_head(self.norm(x))
+        return logits, torch.stack(maps, dim=1) if stack else maps
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: Sequence[int] | None = None,
+        norm: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """Patch tokens after the blocks in ``indices`` (all if None), without the class token.
+
+        ``output_fmt='NCHW'`` gives (B, embed_dim, H/p, W/p) maps, ``'NLC'`` (B, H/p · W/p, embed_dim) tokens;
+        ``norm=True`` applies the final LN to them. Returns ``(forward_features(x), intermediates)``, or only the
+        intermediates (stopping after the last requested block) when ``intermediates_only``.
+        """
+        if output_fmt not in ("NCHW", "NLC"):
+            raise ValueError(f"Unknown output_fmt {output_fmt!r}: use 'NCHW' (maps) or 'NLC' (tokens).")
+        take = self._take_indices(indices)
+        x, mask, grid = self._embed(x)
+        last = max(take) if intermediates_only else len(self.blocks) - 1
+        intermediates = []
+        for i, block in enumerate(self.blocks[:last + 1]):
+            x, _ = block(x, mask)
+            if i in take:
+                tokens = (self.norm(x) if norm else x)[:, self.num_prefix_tokens:]   # (B, N, C)
+                if output_fmt == "NCHW":
+                    tokens = tokens.transpose(1, 2).reshape(x.shape[0], -1, *grid)  # (B, C, H/p, W/p)
+                intermediates.append(tokens)
+        return intermediates if intermediates_only else (self.norm(x), intermediates)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """``nn.Module.load_state_dict`` that, when ``strict``, fails with one ``ValueError`` naming the missing
+        and unexpected keys and the shape mismatches (a checkpoint of another architecture or configuration)."""
+        if strict:
+            own = self.state_dict()
+            missing = sorted(own.keys() - state_dict.keys())
+            unexpected = sorted(state_dict.keys() - own.keys())
+            mismatched = [f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
+                          for k in own.keys() & state_dict.keys() if state_dict[k].shape != own[k].shape]
+            if missing or unexpected or mismatched:
+                raise ValueError(
+                    f"This state_dict does not fit {type(self).__name__}(img_size={self.patch_embed.img_size}, "
+                    f"patch_size={self.patch_embed.patch_size[0]}, embed_dim={self.embed_dim}, "
+                    f"depth={len(self.blocks)}, num_classes={self.num_classes}): "
+                    f"missing keys {missing[:10]}{' …' * (len(missing) > 10)}; "
+                    f"unexpected keys {unexpected[:10]}{' …' * (len(unexpected) > 10)}; "
+                    f"shape mismatches {sorted(mismatched)}. Build the model with the checkpoint's configuration, "
+                    f"or pass strict=False to load the matching part.")
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+
+# name → default constructor arguments; the 224 ones are timm's configurations of the same name.
+_CONFIGS: dict[str, dict] = {
+    "vit_tiny_patch16_224": dict(patch_size=16, embed_dim=192, depth=12, num_heads=3),
+    "vit_small_patch16_224": dict(patch_size=16, embed_dim=384, depth=12, num_heads=6),
+    "vit_base_patch16_224": dict(patch_size=16, embed_dim=768, depth=12, num_heads=12),
+    # 28×28 grayscale (MNIST, Fashion-MNIST): 7×7 patches of 4×4 pixels.
+    "vit_tiny_patch4_28": dict(img_size=28, patch_size=4, in_chans=1, num_classes=10, embed_dim=192, depth=12,
+                               num_heads=3),
+    # 32×32 colour (CIFAR): 8×8 patches of 4×4 pixels.
+    "vit_tiny_patch4_32": dict(img_size=32, patch_size=4, num_classes=10, embed_dim=192, depth=12, num_heads=3),
+    # The from-scratch CIFAR model of omihub777/ViT-CIFAR (7 blocks, width 384, MLP 384, 12 heads; 6.3M params,
+    # 90.92% on CIFAR-10 in 200 epochs).
+    "vit_small_patch4_32": dict(img_size=32, patch_size=4, num_classes=10, embed_dim=384, depth=7, num_heads=12,
+                                mlp_ratio=1.0),
+}
+_TIMM_PRETRAINED = ("vit_tiny_patch16_224", "vit_small_patch16_224", "vit_base_patch16_224")
+_CVATTN_ONLY_ARGS = ("local_window", "features_only", "out_indices")
+
+
+def load_timm_pretrained(model: VisionTransformer, name: str, **kwargs) -> VisionTransformer:
+    """Copy the ImageNet weights of timm's model ``name`` (downloaded by timm; needs internet) into ``model``.
+
+    ``kwargs`` are the constructor arguments ``model`` was built with; timm gets the ones it knows, so a different
+    ``num_classes`` gives a fresh head and a different ``img_size`` resampled position embeddings, as in timm.
+    """
+    if name not in _TIMM_PRETRAINED:
+        raise ValueError(f"No pretrained weights for {name!r}: timm publishes ImageNet weights for "
+                         f"{', '.join(_TIMM_PRETRAINED)}; the small-image models train from scratch.")
+    import timm
+
+    timm_kwargs = {k: v for k, v in kwargs.items() if k not in _CVATTN_ONLY_ARGS}
+    state_dict = timm.create_model(name, pretrained=True, **timm_kwargs).state_dict()
+    model.load_state_dict(state_dict, strict=not model.features_only)
+    return model
+
+
+def _make_constructor(name: str, config: dict):
+    def constructor(pretrained: bool = False, **kwargs) -> VisionTransformer:
+        model = VisionTransformer(**{**config, **kwargs})
+        return load_timm_pretrained(model, name, **kwargs) if pretrained else model
+
+    constructor.__name__ = constructor.__qualname__ = name
+    details = ", ".join(f"{k}={v}" for k, v in config.items())
+    constructor.__doc__ = (f"{name}: {details}. Keyword arguments go to `VisionTransformer`; `pretrained=True` "
+                           f"loads timm's ImageNet weights (224 models only, needs internet).")
+    return constructor
+
+
+for _name, _config in _CONFIGS.items():
+    register_model(_make_constructor(_name, _config))
