@@ -1,20 +1,29 @@
-"""Checkpoint files: written atomically, read with ``weights_only=True``.
+"""Checkpoint files: written atomically, read with ``weights_only=True``, checked against the model, resumed exactly.
 
 ``AtomicCheckpointIO`` is the Lightning ``CheckpointIO`` that ``train.py`` installs: a checkpoint is written to a
 temporary file in the same directory, flushed to disk and renamed over the target, so a run killed mid-write
 leaves either the old file or the new one, never half of one. Loading never unpickles arbitrary objects.
+``check_checkpoint_fits`` turns Lightning's long key-mismatch error into one paragraph before training starts.
+``ExactResume`` carries what Lightning's checkpoints lack for a bitwise resume: torch's global random state and
+the training loader's place in its epoch (every other piece of data randomness is a function of
+``(seed, epoch, index)``, see ``cvattn.data.sampler``).
 """
 from __future__ import annotations
 
 import os
 import pickle
+import re
 import tempfile
-import zipfile
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import torch
+import torch.nn as nn
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities import rank_zero_warn
+
+_UNREADABLE = "{path!r} is not a readable PyTorch checkpoint (truncated, or not a file that torch.save wrote)."
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
@@ -25,14 +34,15 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        raise ValueError(
-            f"Checkpoint {str(path)!r} holds objects other than tensors and plain containers, so it was not "
-            f"loaded (weights_only=True refuses to unpickle arbitrary code). Only load checkpoints written by "
-            f"cvattn/Lightning or plain state_dicts. Detail: {str(err).splitlines()[0]}"
-        ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile) as err:
-        raise ValueError(f"{str(path)!r} is not a readable PyTorch checkpoint (truncated or another kind of file): "
-                         f"{str(err).splitlines()[0]}") from None
+        if refused := re.search(r"GLOBAL ([\w.]+)", str(err)):
+            raise ValueError(
+                f"Checkpoint {str(path)!r} was not loaded: it asks to import {refused.group(1)}, and weights_only=True "
+                f"refuses to unpickle anything but tensors and plain containers (that could run arbitrary code). Only "
+                f"load checkpoints written by cvattn/Lightning or plain state_dicts."
+            ) from None
+        raise ValueError(_UNREADABLE.format(path=str(path))) from None
+    except Exception:  # a truncated or foreign file fails in the zip reader or the unpickler, with many types
+        raise ValueError(_UNREADABLE.format(path=str(path))) from None
     if not isinstance(checkpoint, dict):
         raise ValueError(f"Checkpoint {str(path)!r} holds a {type(checkpoint).__name__}, not a dict of weights.")
     return checkpoint
@@ -57,3 +67,76 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def load_checkpoint(self, path, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
         return load_checkpoint(path, map_location=map_location or "cpu")
+
+
+def check_checkpoint_fits(checkpoint: dict[str, Any], module: nn.Module, path: str | os.PathLike) -> None:
+    """``ValueError`` naming the missing, unexpected and reshaped keys if ``checkpoint`` (read from ``path``) cannot
+    restore ``module``."""
+    if "state_dict" not in checkpoint:
+        raise ValueError(f"{str(path)!r} is a plain dict (keys {sorted(checkpoint)[:5]}), not a checkpoint written by "
+                         f"train.py; --ckpt_path needs a Lightning checkpoint (with 'state_dict', optimiser and loop "
+                         f"states), e.g. runs/<config>/version_N/checkpoints/last.ckpt.")
+    saved, expected = checkpoint["state_dict"], module.state_dict()
+    missing = sorted(expected.keys() - saved.keys())
+    unexpected = sorted(saved.keys() - expected.keys())
+    reshaped = [f"{k} {tuple(saved[k].shape)} in the checkpoint vs {tuple(expected[k].shape)}"
+                for k in sorted(expected.keys() & saved.keys()) if saved[k].shape != expected[k].shape]
+    if missing or unexpected or reshaped:
+        trained_as = checkpoint.get("hyper_parameters", {}).get("model")
+        origin = f" (it was trained as {trained_as!r})" if isinstance(trained_as, str) else ""
+        problems = [f"{kind}: {len(keys)} (e.g. {', '.join(keys[:3])})" for kind, keys in
+                    (("missing keys", missing), ("unexpected keys", unexpected), ("keys of another shape", reshaped))
+                    if keys]
+        raise ValueError(f"Checkpoint {str(path)!r} does not fit the configured model{origin}: {'; '.join(problems)}. "
+                         f"Resume with the config that wrote it, or train from scratch without --ckpt_path.")
+
+
+class ExactResume(L.Callback):
+    """Saves what a Lightning checkpoint lacks for a bitwise resume, and puts it back at ``on_train_start``.
+
+    - torch's global random state (CPU, and the current CUDA device), so dropout, stochastic depth and sampled glimpse
+      locations continue as in an uninterrupted run. With several processes every rank restores rank 0's state
+      (ranks are seeded alike).
+    - the training loader's place in its epoch, for loaders with ``state_dict``/``load_state_dict``
+      (``cvattn.data.ResumableDataLoader``). Lightning saves it too, but restores it only when it builds the loader
+      after loading the checkpoint, and ``trainer.estimated_stepping_batches`` in ``configure_optimizers`` builds it
+      before. ``on_train_start`` comes after both and before the first batch is drawn.
+    """
+
+    def __init__(self):
+        self._to_restore: dict[str, Any] | None = None
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        state = {"torch_rng": torch.get_rng_state(),
+                 "train_loaders": [loader.state_dict() for loader in _train_loaders(trainer)]}
+        if torch.cuda.is_available():
+            state["cuda_rng"] = torch.cuda.get_rng_state()
+        checkpoint["exact_resume"] = state
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        self._to_restore = checkpoint.get("exact_resume")
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._to_restore is None:
+            return
+        torch.set_rng_state(self._to_restore["torch_rng"])
+        if "cuda_rng" in self._to_restore and torch.cuda.is_available():
+            torch.cuda.set_rng_state(self._to_restore["cuda_rng"])
+        loaders, states = _train_loaders(trainer), self._to_restore["train_loaders"]
+        if len(loaders) == len(states):
+            for loader, state in zip(loaders, states):
+                loader.load_state_dict(state)
+        else:
+            rank_zero_warn(f"The checkpoint holds the positions of {len(states)} training loaders, this run has "
+                           f"{len(loaders)} that can take one: the resumed epoch starts from its first batch.")
+        self._to_restore = None
+
+
+def _train_loaders(trainer: L.Trainer) -> list[Any]:
+    """The trainer's training loaders that can save their place in the epoch."""
+    loaders = trainer.train_dataloader
+    if isinstance(loaders, dict):
+        loaders = list(loaders.values())
+    elif not isinstance(loaders, (list, tuple)):
+        loaders = [loaders]
+    return [loader for loader in loaders if hasattr(loader, "state_dict") and hasattr(loader, "load_state_dict")]

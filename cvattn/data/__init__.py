@@ -6,7 +6,7 @@ from cvattn.data.cifar import CIFAR10DataModule, CIFAR100DataModule
 from cvattn.data.dataset import ImageDataset
 from cvattn.data.image_folder import ImageFolderDataModule
 from cvattn.data.mnist import FashionMNISTDataModule, MNISTDataModule
-from cvattn.data.sampler import EpochSampler
+from cvattn.data.sampler import EpochSampler, ResumableDataLoader
 from cvattn.data.transforms import build_transforms
 
 __all__ = [
@@ -19,5 +19,6 @@ __all__ = [
     "ImageDataset",
     "ImageFolderDataModule",
     "MNISTDataModule",
+    "ResumableDataLoader",
     "build_transforms",
 ]

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 
 from cvattn.data.canvas import CanvasDataset, check_canvas_args
 from cvattn.data.dataset import ImageDataset, Images
-from cvattn.data.sampler import EpochSampler
+from cvattn.data.sampler import EpochSampler, ResumableDataLoader
 from cvattn.data.transforms import build_transforms
 
 
@@ -159,7 +159,7 @@ class ImageDataModule(L.LightningDataModule):
             raise RuntimeError(f"{type(self).__name__}.{name} is not built: call setup({stage!r}) first.")
 
     def _loader(self, dataset: ImageDataset, sampler: EpochSampler | None = None) -> DataLoader:
-        return DataLoader(
+        return (DataLoader if sampler is None else ResumableDataLoader)(
             dataset,
             batch_size=self.batch_size,
             sampler=sampler,

@@ -41,7 +41,7 @@ class ImageClassifier(L.LightningModule):
         scheduler: ``'cosine'`` (per step, after ``warmup_epochs`` of linear warm-up), ``'onecycle'`` or ``'none'``.
         label_smoothing: cross-entropy label smoothing.
         channels_last: train with the ``channels_last`` memory format (faster convolutions on GPUs).
-        compile: wrap the model in ``torch.compile``.
+        compile: compile the model's forward with ``torch.compile`` (in place: checkpoint keys do not change).
     """
 
     def __init__(
@@ -72,7 +72,9 @@ class ImageClassifier(L.LightningModule):
         self.model = create_model(model, num_classes=num_classes, in_chans=in_chans, **(model_kwargs or {}))
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self._forward = torch.compile(self.model) if compile else self.model
+        if compile:
+            # In place (nn.Module.compile), so state_dict keys stay those of the plain model (no `_orig_mod.`).
+            self.model.compile()
         self.metrics = nn.ModuleDict({
             f"{stage}_acc": MulticlassAccuracy(num_classes, average="micro") for stage in ("train", "val", "test")
         })
@@ -80,7 +82,7 @@ class ImageClassifier(L.LightningModule):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if self.hparams.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        return self._forward(images)
+        return self.model(images)
 
     def _step(self, batch, stage: str) -> torch.Tensor:
         images, labels = batch[0], batch[1]

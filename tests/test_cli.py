@@ -1,0 +1,183 @@
+"""train.py's command line: one-paragraph errors with suggestions, `--ckpt_path last`, run-directory hygiene,
+and the configs accepting the distributed and fast-path switches unchanged.
+
+The helpers at the top (a tiny image folder and config) are shared with test_hostile, test_resume and
+test_distributed, which run train.py in subprocesses."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_image_folder(root: Path, per_class: int = 20, size: int = 16, seed: int = 0) -> Path:
+    """``root/{cat,dog}/<i>.png``: seeded random RGB images, a dataset that loads in milliseconds."""
+    rng = np.random.default_rng(seed)
+    for name in ("cat", "dog"):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(root / name / f"{i}.png")
+    return root
+
+
+def tiny_config(image_root: Path, max_epochs: int = 1, num_workers: int = 0, **trainer) -> dict:
+    """convnet2 of width 8 on 16×16 images, 32 training images in batches of 4 (8 steps an epoch), 8 for validation."""
+    return {
+        "seed_everything": 0,
+        "trainer": {"max_epochs": max_epochs, "deterministic": True, "enable_progress_bar": False,
+                    "enable_model_summary": False, "log_every_n_steps": 1, **trainer},
+        "model": {"class_path": "cvattn.lightning.ImageClassifier",
+                  "init_args": {"model": "convnet2", "model_kwargs": {"width": 8}, "lr": 0.05}},
+        "data": {"class_path": "cvattn.data.ImageFolderDataModule",
+                 "init_args": {"root": str(image_root), "test_root": str(image_root), "image_size": 16,
+                               "batch_size": 4, "num_workers": num_workers, "val_fraction": 0.2,
+                               "train_transforms": [{"name": "HorizontalFlip", "p": 0.5}]}},
+    }
+
+
+def write_config(path: Path, config: dict) -> Path:
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def train(cwd: Path, *args: str, pythonpath: tuple[Path, ...] = (), env_extra: dict | None = None) -> subprocess.Popen:
+    """Start ``python train.py *args`` in ``cwd``, capturing text output. One thread each: the tests run several at
+    once on few cores, and oversubscribed OpenMP threads spin-wait."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(map(str, (*pythonpath, REPO))), "OMP_NUM_THREADS": "1",
+           **(env_extra or {})}
+    return subprocess.Popen([sys.executable, str(REPO / "train.py"), *args], cwd=cwd, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("error:")]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def config_path(tmp_path: Path, monkeypatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    return write_config(tmp_path / "tiny.yaml", tiny_config(write_image_folder(tmp_path / "images", per_class=4)))
+
+
+def run_main(argv: list[str], capsys) -> str:
+    """``main(argv)`` must fail: returns its single ``error:`` paragraph."""
+    from cvattn.cli import main
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 1
+    lines = error_lines(capsys.readouterr().err)
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+@pytest.mark.parametrize("where, key, suggestion", [
+    ("model.init_args", "lrr", "'lr'"),
+    ("data.init_args", "batchsize", "'batch_size'"),
+    ("trainer", "max_epohcs", "'max_epochs'"),
+    ("checkpoint", "every_n_train_step", "'every_n_train_steps'"),
+    ("", "trainr", "'trainer'"),
+])
+def test_config_key_typo_names_the_key_and_the_closest_one(config_path, capsys, where, key, suggestion):
+    config = yaml.safe_load(config_path.read_text())
+    if not where:
+        config[key] = config.pop("trainer")
+    else:
+        section = config
+        for name in where.split("."):
+            section = section.setdefault(name, {})
+        section[key] = 1
+    write_config(config_path, config)
+    message = run_main(["--config", str(config_path)], capsys)
+    assert f"Unknown key '{key}'" in message and f"Did you mean {suggestion}" in message
+
+
+def test_command_line_typo_suggests_the_option(config_path, capsys):
+    message = run_main(["--config", str(config_path), "--trainr.max_epochs", "2"], capsys)
+    assert "Unknown option --trainr.max_epochs. Did you mean --trainer.max_epochs" in message
+    message = run_main(["--config", str(config_path), "--model.init_args.lrr", "2"], capsys)
+    assert "Unknown key 'lrr' in model.init_args (cvattn.lightning.ImageClassifier). Did you mean 'lr'?" in message
+
+
+@pytest.mark.parametrize("edit, expected", [
+    (lambda c: c["model"]["init_args"].update(lr="fast"),
+     "Bad value for model.init_args.lr: expected a float, got 'fast'"),
+    (lambda c: c["model"].update(class_path="cvattn.lightning.ImageClasifier"),
+     "Unknown class_path 'cvattn.lightning.ImageClasifier'. Did you mean cvattn.lightning.ImageClassifier?"),
+    (lambda c: c["model"]["init_args"].update(model="convnet3"), "Unknown model 'convnet3'. Did you mean 'convnet2'?"),
+    (lambda c: c["model"]["init_args"].update(lr=0.0), "lr must be > 0, got 0.0"),
+    (lambda c: c["data"]["init_args"].update(batch_size=-4), "batch_size must be a positive integer, got -4"),
+    (lambda c: c["data"]["init_args"].update(root="no_such_folder"), "Image folder no_such_folder does not exist"),
+], ids=["type", "class_path", "model_name", "zero_lr", "negative_batch_size", "missing_folder"])
+def test_bad_values_give_the_constructors_message(config_path, capsys, edit, expected):
+    config = yaml.safe_load(config_path.read_text())
+    edit(config)
+    write_config(config_path, config)
+    assert expected in run_main(["--config", str(config_path)], capsys)
+
+
+def test_malformed_yaml_and_missing_config(config_path, capsys):
+    config_path.write_text("trainer: {max_epochs: 1\nmodel: [\n")
+    assert run_main(["--config", str(config_path)], capsys).startswith("error: The config is not valid YAML:")
+    assert "nowhere.yaml' does not exist." in run_main(["--config", "nowhere.yaml"], capsys)
+
+
+def test_corrupt_image_stops_training_with_its_name(config_path, capsys):
+    (config_path.parent / "images" / "dog" / "3.png").write_bytes(b"not a png at all")
+    message = run_main(["--config", str(config_path)], capsys)
+    assert "Cannot decode image" in message and "dog/3.png" in message
+    assert not Path("runs").exists()
+
+
+def test_ckpt_path_last_without_a_run(config_path, capsys):
+    message = run_main(["--config", str(config_path), "--ckpt_path", "last"], capsys)
+    assert "--ckpt_path last found nothing to resume: no runs/tiny/version_*/checkpoints/last.ckpt" in message
+    assert not Path("runs").exists()
+
+
+def test_newest_last_checkpoint_skips_runs_without_one(tmp_path):
+    from cvattn.cli import _newest_last_checkpoint
+    for version, has_last in (("version_0", True), ("version_2", True), ("version_10", False), ("version_x", True)):
+        (tmp_path / version / "checkpoints").mkdir(parents=True)
+        if has_last:
+            (tmp_path / version / "checkpoints" / "last.ckpt").touch()
+    assert _newest_last_checkpoint(tmp_path) == tmp_path / "version_2" / "checkpoints" / "last.ckpt"
+
+
+def test_failed_run_leaves_no_empty_run_directory(tmp_path):
+    from cvattn.cli import _remove_partial_run
+    kept = tmp_path / "runs" / "a" / "version_0"
+    (kept / "checkpoints").mkdir(parents=True)
+    (kept / "checkpoints" / "last.ckpt").touch()
+    _remove_partial_run(kept)
+    assert (kept / "checkpoints" / "last.ckpt").exists()          # a checkpoint is kept for --ckpt_path last
+    partial = tmp_path / "runs" / "b" / "version_0"
+    partial.mkdir(parents=True)
+    (partial / "config.yaml").touch()
+    _remove_partial_run(partial)
+    assert not (tmp_path / "runs" / "b").exists() and (tmp_path / "runs" / "a").exists()
+
+
+@pytest.mark.parametrize("config", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.stem)
+def test_configs_take_the_distributed_and_fast_path_switches(config, tmp_path, monkeypatch):
+    """Every shipped config builds a 2-process DDP trainer with bf16 unchanged (nothing runs or downloads here)."""
+    from lightning.pytorch.strategies import DDPStrategy
+
+    from cvattn.checkpoint import AtomicCheckpointIO
+    from cvattn.cli import _build_cli
+    monkeypatch.chdir(tmp_path)
+    cli = _build_cli(["--config", str(config), "--trainer.accelerator", "cpu", "--trainer.devices", "2",
+                      "--trainer.strategy", "ddp", "--trainer.num_nodes", "1", "--trainer.precision", "bf16-mixed"])
+    assert isinstance(cli.trainer.strategy, DDPStrategy)
+    assert cli.trainer.num_devices == 2 and cli.trainer.num_nodes == 1
+    assert cli.trainer.precision == "bf16-mixed"
+    assert isinstance(cli.trainer.strategy.checkpoint_io, AtomicCheckpointIO)
