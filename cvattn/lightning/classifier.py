@@ -37,7 +37,8 @@ class ImageClassifier(L.LightningModule):
         model_kwargs: extra constructor arguments, e.g. ``{attn_layer: cbam}``.
         num_classes, in_chans: linked from the datamodule by ``train.py``.
         optimizer: ``'sgd'`` (Nesterov momentum) or ``'adamw'``.
-        lr, weight_decay, momentum: optimiser settings; weight decay skips biases and norm parameters.
+        lr, weight_decay, momentum: optimiser settings; weight decay skips biases, norms and the parameters
+            named by the model's ``no_weight_decay()`` (ViT: position embeddings, class token).
         scheduler: ``'cosine'`` (per step, after ``warmup_epochs`` of linear warm-up), ``'onecycle'`` or ``'none'``.
         label_smoothing: cross-entropy label smoothing.
         channels_last: train with the ``channels_last`` memory format (faster convolutions on GPUs).
@@ -111,10 +112,13 @@ class ImageClassifier(L.LightningModule):
 
     def configure_optimizers(self):
         hp = self.hparams
+        # Biases, norms and the parameters a model names in no_weight_decay() (ViT: position embeddings and
+        # class token, as in timm and DeiT) are not decayed.
+        skip = set(self.model.no_weight_decay()) if hasattr(self.model, "no_weight_decay") else set()
         decay, no_decay = [], []
-        for param in self.model.parameters():
+        for name, param in self.model.named_parameters():
             if param.requires_grad:
-                (no_decay if param.ndim <= 1 else decay).append(param)
+                (no_decay if param.ndim <= 1 or name in skip else decay).append(param)
         groups = [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
         if hp.optimizer == "sgd":
             optimizer = torch.optim.SGD(groups, lr=hp.lr, momentum=hp.momentum, nesterov=hp.momentum > 0)
