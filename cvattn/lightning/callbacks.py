@@ -1,0 +1,103 @@
+"""``SaliencyCallback``: watch where the model looks while it trains.
+
+Every ``every_n_epochs`` validation epochs (not the sanity check) it draws the same validation images, the first
+``num_images`` of the validation loader, with the saliency maps of ``methods`` (``cvattn.saliency.saliency_grid``)
+and sends the figure to every logger that takes images: TensorBoard's ``add_figure``, or any logger with a
+``log_image(key, images, step)`` method (Weights & Biases' signature). When none does (the CSV logger, no logger),
+it writes ``<trainer.log_dir>/saliency/epoch=N.png`` (N counted from 0, as in checkpoint names).
+
+YAML::
+
+    trainer:
+      callbacks:
+        - class_path: cvattn.lightning.SaliencyCallback
+          init_args: {every_n_epochs: 5, num_images: 8, methods: [spatial_gate, gradcam]}
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+from matplotlib.figure import Figure
+
+from cvattn.saliency import available_methods, default_methods, figure_to_array, saliency, saliency_grid
+from cvattn.saliency.api import inspection_mode, unwrap
+
+
+class SaliencyCallback(L.Callback):
+    """Log an overlay grid of fixed validation images every ``every_n_epochs`` epochs (see the module docstring).
+
+    Args:
+        every_n_epochs: draw after validation epochs N − 1, 2N − 1, … (epochs counted from 0).
+        num_images: how many validation images (the first ones of the loader, the same every time).
+        methods: saliency methods; default every method for the model except the random/centre baselines.
+    """
+
+    def __init__(self, every_n_epochs: int = 1, num_images: int = 8, methods: list[str] | None = None):
+        super().__init__()
+        if every_n_epochs < 1 or num_images < 1:
+            raise ValueError(f"every_n_epochs and num_images must be ≥ 1; got every_n_epochs={every_n_epochs}, "
+                             f"num_images={num_images}.")
+        self.every_n_epochs = every_n_epochs
+        self.num_images = num_images
+        self.methods = methods
+        self._batch: list[torch.Tensor] | None = None   # (images, labels[, boxes]) on the CPU
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self.methods is not None:
+            model = unwrap(pl_module)
+            unknown = [m for m in self.methods if m not in available_methods(model)]
+            if unknown:
+                raise ValueError(f"SaliencyCallback methods {unknown} do not apply to {type(model).__name__}; "
+                                 f"methods that do: {', '.join(available_methods(model))}.")
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        if (trainer.current_epoch + 1) % self.every_n_epochs:
+            return
+        figure = self.figure(trainer, pl_module)
+        self._log(trainer, figure)
+
+    def _fixed_batch(self, trainer: L.Trainer) -> list[torch.Tensor]:
+        if self._batch is None:
+            loaders = trainer.val_dataloaders
+            loader = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
+            parts, taken = [], 0
+            for batch in loader:
+                parts.append([tensor.cpu() for tensor in batch])
+                taken += len(batch[0])
+                if taken >= self.num_images:
+                    break
+            self._batch = [torch.cat(column)[:self.num_images] for column in zip(*parts)]
+        return self._batch
+
+    def figure(self, trainer: L.Trainer, pl_module: L.LightningModule) -> Figure:
+        """The overlay grid of the fixed validation images, at the model's current weights."""
+        images, _, *boxes = self._fixed_batch(trainer)
+        images = images.to(pl_module.device)
+        model = unwrap(pl_module)
+        maps = {method: saliency(model, images, method) for method in self.methods or default_methods(model)}
+        with inspection_mode(model), torch.no_grad():
+            probs, predicted = model(images).softmax(1).max(1)
+        datamodule = trainer.datamodule
+        return saliency_grid(images, maps, predicted, probs, getattr(datamodule, "class_names", None),
+                             boxes[0] if boxes else None, getattr(datamodule, "mean", None),
+                             getattr(datamodule, "std", None))
+
+    def _log(self, trainer: L.Trainer, figure: Figure) -> None:
+        logged = False
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_figure("saliency", figure, global_step=trainer.global_step)
+            elif callable(getattr(logger, "log_image", None)):
+                logger.log_image(key="saliency", images=[figure_to_array(figure)], step=trainer.global_step)
+            else:
+                continue
+            logged = True
+        if not logged:
+            folder = Path(trainer.log_dir or trainer.default_root_dir) / "saliency"
+            folder.mkdir(parents=True, exist_ok=True)
+            figure.savefig(folder / f"epoch={trainer.current_epoch}.png", dpi=100)

@@ -1,0 +1,163 @@
+"""``python -m cvattn.saliency --checkpoint CKPT --config CFG.yaml --out DIR``: overlays and metrics of a trained model.
+
+The model and datamodule are built from the training config exactly as ``train.py`` builds them (the same
+``CvattnCLI``, so ``data.num_classes``/``in_chans`` are linked into the model), the weights come from a Lightning
+checkpoint or a bare network ``state_dict`` (read with ``weights_only=True``). Written to DIR:
+
+- ``image_000.png`` …: one per test image (``--num-images``): the image with its object box and predicted class,
+  then map | overlay for every method;
+- ``metrics.json``: ``evaluate`` over ``--max-batches`` test batches, every method beside the random and
+  centre baselines.
+
+Everything is checked (checkpoint, config, methods, DIR writable) and computed before the first file is written,
+so a failure leaves no partial output; errors print one paragraph and exit with status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+
+import lightning as L
+import torch
+import torch.nn as nn
+import yaml
+
+from cvattn.checkpoint import load_checkpoint
+from cvattn.cli import CvattnCLI
+from cvattn.saliency._registry import available_methods
+from cvattn.saliency.api import default_methods, saliency, unwrap
+from cvattn.saliency.evaluate import evaluate
+from cvattn.saliency.overlay import saliency_grid
+
+
+def build_from_config(config: str | os.PathLike) -> tuple[L.LightningModule, L.LightningDataModule]:
+    """The (untrained) LightningModule and the datamodule of a ``train.py`` config (its ``model`` and ``data``
+    sections; ``trainer`` settings play no part here, and a run's saved config may hold unparsable ones)."""
+    path = Path(config)
+    if not path.is_file():
+        raise FileNotFoundError(f"Config {str(config)!r} does not exist (or is not a file); give the YAML the model "
+                                f"was trained with, e.g. runs/<name>/version_N/config.yaml.")
+    try:
+        sections = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ValueError(f"Config {str(config)!r} is not valid YAML: {err}") from None
+    if not isinstance(sections, dict) or not {"model", "data"} <= sections.keys():
+        raise ValueError(f"Config {str(config)!r} needs 'model' and 'data' sections, as train.py configs have.")
+    args = {"model": sections["model"], "data": sections["data"],
+            "trainer": {"logger": False, "enable_progress_bar": False, "enable_model_summary": False}}
+    with warnings.catch_warnings():
+        # LightningCLI warns when `args` is given while sys.argv holds this program's own flags.
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+        cli = CvattnCLI(L.LightningModule, L.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
+                        run=False, save_config_callback=None, seed_everything_default=False, args=args)
+    return cli.model, cli.datamodule
+
+
+def load_weights(module: L.LightningModule, path: str | os.PathLike) -> None:
+    """Load a Lightning checkpoint (``state_dict`` of the module) or a bare network's ``state_dict``; a checkpoint
+    of another architecture is a ``ValueError`` naming the missing, unexpected and mis-shaped keys."""
+    checkpoint = load_checkpoint(path)
+    state = checkpoint.get("state_dict", checkpoint)
+    target: nn.Module = module
+    if not module.state_dict().keys() & state.keys() and isinstance(getattr(module, "model", None), nn.Module):
+        target = module.model   # a bare network's state_dict
+    own = target.state_dict()
+    missing = sorted(own.keys() - state.keys())
+    unexpected = sorted(state.keys() - own.keys())
+    mismatched = sorted(f"{key}: checkpoint {tuple(state[key].shape)} vs model {tuple(own[key].shape)}"
+                        for key in own.keys() & state.keys() if state[key].shape != own[key].shape)
+    if missing or unexpected or mismatched:
+        def first(keys: list[str]) -> str:
+            return f"{keys[:8]}{' …' * (len(keys) > 8)}"
+
+        raise ValueError(
+            f"Checkpoint {str(path)!r} does not fit the config's model ({type(unwrap(module)).__name__}): missing "
+            f"keys {first(missing)}; unexpected keys {first(unexpected)}; shape mismatches {first(mismatched)}. Use "
+            f"the config the checkpoint was trained with (runs/<name>/version_N/config.yaml).")
+    target.load_state_dict(state)
+
+
+def check_writable(out: Path) -> None:
+    """Raise unless ``out`` is, or can become, a writable directory; probes with a temporary entry, removed again."""
+    parent = out
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ValueError(f"Output directory {str(out)!r} cannot be created: {str(parent)!r} is a file.")
+    try:
+        tempfile.TemporaryDirectory(dir=parent).cleanup()
+    except OSError as err:
+        raise ValueError(f"Output directory {str(out)!r} is not writable ({err.strerror} in {str(parent)!r}); "
+                         f"choose another --out.") from None
+
+
+def _test_images(datamodule: L.LightningDataModule, count: int) -> tuple[torch.Tensor, ...]:
+    """The first ``count`` test samples as (images, labels[, boxes])."""
+    datamodule.setup("test")
+    parts: list[list[torch.Tensor]] = []
+    taken = 0
+    for batch in datamodule.test_dataloader():
+        parts.append(list(batch))
+        taken += len(batch[0])
+        if taken >= count:
+            break
+    return tuple(torch.cat(column)[:count] for column in zip(*parts))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m cvattn.saliency", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", required=True, help="Lightning .ckpt or a network state_dict")
+    parser.add_argument("--config", required=True, help="the train.py YAML the checkpoint was trained with")
+    parser.add_argument("--out", required=True, type=Path, help="output directory (created if needed)")
+    parser.add_argument("--methods", nargs="+", help="saliency methods (default: every method for the model)")
+    parser.add_argument("--num-images", type=int, default=8, help="test images to draw (default 8)")
+    parser.add_argument("--max-batches", type=int, default=4, help="test batches for metrics.json (default 4)")
+    parser.add_argument("--pixels-per-step", type=int, help="deletion/insertion step (default: one image row)")
+    parser.add_argument("--no-auc", action="store_true", help="skip deletion/insertion AUC (the slow part)")
+    args = parser.parse_args(argv)
+    try:
+        run(args)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def run(args: argparse.Namespace) -> None:
+    if args.num_images < 1 or args.max_batches < 1:
+        raise ValueError(f"--num-images and --max-batches must be ≥ 1; got {args.num_images} and {args.max_batches}.")
+    if not Path(args.checkpoint).is_file():
+        raise FileNotFoundError(f"Checkpoint {args.checkpoint!r} does not exist (or is not a file).")
+    check_writable(args.out)
+    module, datamodule = build_from_config(args.config)
+    load_weights(module, args.checkpoint)
+    model = unwrap(module)
+    methods = args.methods or default_methods(model)
+    unknown = [m for m in methods if m not in available_methods(model)]
+    if unknown:
+        raise ValueError(f"--methods {unknown} do not apply to {type(model).__name__}; methods that do: "
+                         f"{', '.join(available_methods(model))}.")
+
+    images, labels, *boxes = _test_images(datamodule, args.num_images)
+    model.eval()
+    with torch.no_grad():
+        probs, predicted = model(images).softmax(1).max(1)
+    maps = {method: saliency(model, images, method) for method in methods}
+    figures = [saliency_grid(images[i:i + 1], {m: v[i:i + 1] for m, v in maps.items()}, predicted[i:i + 1],
+                             probs[i:i + 1], getattr(datamodule, "class_names", None),
+                             boxes[0][i:i + 1] if boxes else None, datamodule.mean, datamodule.std)
+               for i in range(len(images))]
+    metrics = evaluate(model, datamodule, methods, max_batches=args.max_batches,
+                       pixels_per_step=args.pixels_per_step, auc=not args.no_auc) if boxes else {}
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    for index, figure in enumerate(figures):
+        figure.savefig(args.out / f"image_{index:03d}.png", dpi=100)
+    summary = {"checkpoint": str(args.checkpoint), "config": str(args.config), "methods": metrics,
+               "note": "" if boxes else "no object boxes in this dataset: use a canvas to get metrics"}
+    (args.out / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -1,0 +1,38 @@
+"""The recurrent attention model's map (Mnih et al., NIPS 2014): where it looked, later glimpses heavier.
+
+Glimpse t of T adds weight (t + 1) / T to every pixel whose centre lies inside its patch of scale ``scale``
+(0: the finest, g×g pixels), so the last glimpse, the one the classification rests on most, weighs 1. The policy
+mean is used (the model runs in eval mode), so the map is deterministic. Target-independent: the RAM decides where
+to look before it decides the class.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from cvattn.saliency._registry import is_ram, register_method
+
+
+def glimpse_map(boxes: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
+    """Step-weighted box indicators: boxes (B, T, 4) (x0, y0, x1, y1) in pixels → (B, H, W)."""
+    height, width = image_size
+    steps = boxes.shape[1]
+    weights = torch.arange(1, steps + 1, device=boxes.device, dtype=boxes.dtype) / steps          # (T,)
+    xs = torch.arange(width, device=boxes.device, dtype=boxes.dtype) + 0.5                        # pixel centres
+    ys = torch.arange(height, device=boxes.device, dtype=boxes.dtype) + 0.5
+    inside_x = (xs >= boxes[..., 0:1]) & (xs < boxes[..., 2:3])                                   # (B, T, W)
+    inside_y = (ys >= boxes[..., 1:2]) & (ys < boxes[..., 3:4])                                   # (B, T, H)
+    return torch.einsum("t,bth,btw->bhw", weights, inside_y.to(boxes.dtype), inside_x.to(boxes.dtype))
+
+
+@register_method("glimpses", is_ram, "a recurrent attention model (cvattn.models.ram)")
+def glimpses(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, scale: int = 0) -> torch.Tensor:
+    from cvattn.models.ram import glimpse_boxes
+
+    num_scales = model.sensor.num_scales
+    if not 0 <= scale < num_scales:
+        raise ValueError(f"scale={scale} is not a patch of this model's glimpses: use 0 (finest) to {num_scales - 1}.")
+    with torch.no_grad():
+        _, trajectory = model(images, return_trajectory=True)
+    boxes = glimpse_boxes(trajectory, tuple(images.shape[-2:]))[:, :, scale]    # (B, T, 4)
+    return glimpse_map(boxes, tuple(images.shape[-2:]))

@@ -1,0 +1,94 @@
+"""Grad-CAM and Grad-CAM++: class-discriminative maps from a layer's activations and their gradients.
+
+- Grad-CAM (Selvaraju et al., ICCV 2017): w_k = mean_ij ∂y_c/∂A^k_ij; map = ReLU(Σ_k w_k A^k).
+- Grad-CAM++ (Chattopadhay et al., WACV 2018, Eq. 19 with the exponential score): with g = ∂y_c/∂A,
+  α^k_ij = g² / (2g² + Σ_ab A^k_ab g³) (0 where the denominator is 0), w_k = Σ_ij α^k_ij ReLU(g^k_ij);
+  map = ReLU(Σ_k w_k A^k).
+
+The layer is any module, by path (``layer='stages.1'``); by default the one whose output ``forward_features``
+returns (the last entry of ``feature_info``) for CNNs. For ViTs, token layers (B, T, C) are read as
+(B, C, H/p, W/p) maps on the patch grid (the class token dropped), and the default is the last block's first
+LayerNorm, ``blocks.{L-1}.norm1``, the tokens entering the last attention, as in pytorch-grad-cam's ViT tutorial:
+with class-token pooling the logits read only the class token of the last block's output, so the gradient on
+that output's patch tokens is exactly zero and Grad-CAM of the last block would be blank.
+Written here rather than taken from pytorch-grad-cam: see docs/saliency.md.
+"""
+from __future__ import annotations
+
+import difflib
+
+import torch
+import torch.nn as nn
+
+from cvattn.saliency._registry import has_activation_maps, is_vit, register_method
+
+
+def find_module(model: nn.Module, path: str) -> nn.Module:
+    """``model.get_submodule(path)`` with a ``ValueError`` that suggests real paths."""
+    modules = dict(model.named_modules())
+    if path not in modules or not path:
+        close = difflib.get_close_matches(path, modules, n=3)
+        hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+        top = [name for name in modules if name and "." not in name]
+        raise ValueError(f"{type(model).__name__} has no module {path!r}.{hint} Give layer= as a module path from "
+                         f"model.named_modules(), e.g. one of the top-level modules {top}.")
+    return modules[path]
+
+
+def default_layer(model: nn.Module) -> str:
+    if is_vit(model):
+        return f"blocks.{len(model.blocks) - 1}.norm1"
+    if getattr(model, "feature_info", None):
+        return model.feature_info[-1]["module"]
+    raise ValueError(f"{type(model).__name__} has no feature_info to find its last feature map: pass "
+                     f"layer='<module path>' (a convolutional layer or block whose output is (B, C, H, W)).")
+
+
+def activation_and_gradient(
+    model: nn.Module, images: torch.Tensor, targets: torch.Tensor, layer: str | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The layer's output A and ∂(target logits)/∂A, both as (B, C, h, w) maps."""
+    module = find_module(model, layer or default_layer(model))
+    outputs = []
+    # Blocks that return (tokens, extras) tuples, like the ViT's, hand their tokens on first.
+    handle = module.register_forward_hook(lambda _m, _i, out: outputs.append(out[0] if isinstance(out, tuple) else out))
+    try:
+        # A leaf that needs gradients, so A is in the graph even when every parameter is frozen.
+        logits = model(images.detach().requires_grad_(True))
+    finally:
+        handle.remove()
+    if not outputs:
+        raise ValueError(f"Layer {layer!r} did not run in {type(model).__name__}'s forward; pick a layer that does.")
+    activation = outputs[-1]
+    (gradient,) = torch.autograd.grad(logits.gather(1, targets[:, None]).sum(), activation)
+    return _as_map(model, activation, images), _as_map(model, gradient, images)
+
+
+def _as_map(model: nn.Module, x: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    if x.ndim == 3 and is_vit(model):
+        grid = model.grid_size_for(images.shape[-2:])
+        patches = x[:, model.num_prefix_tokens:]                                  # (B, N, C)
+        return patches.transpose(1, 2).reshape(x.shape[0], -1, *grid)           # (B, C, H/p, W/p)
+    if x.ndim != 4:
+        raise ValueError(f"Grad-CAM needs a layer whose output is a (B, C, h, w) map (or ViT tokens); this layer "
+                         f"gives shape {tuple(x.shape)}. Pick a convolutional layer or block with layer=.")
+    return x
+
+
+@register_method("gradcam", has_activation_maps, "a layer with spatial activations (CNNs, ViTs)")
+def gradcam(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, layer: str | None = None) -> torch.Tensor:
+    activation, gradient = activation_and_gradient(model, images, targets, layer)   # (B, C, h, w)
+    weights = gradient.mean((2, 3), keepdim=True)                                    # (B, C, 1, 1)
+    return (weights * activation).sum(1).relu()                                      # (B, h, w)
+
+
+@register_method("gradcam++", has_activation_maps, "a layer with spatial activations (CNNs, ViTs)")
+def gradcam_plus_plus(
+    model: nn.Module, images: torch.Tensor, targets: torch.Tensor, layer: str | None = None
+) -> torch.Tensor:
+    activation, gradient = activation_and_gradient(model, images, targets, layer)   # (B, C, h, w)
+    grad2, grad3 = gradient.pow(2), gradient.pow(3)
+    denominator = 2 * grad2 + activation.sum((2, 3), keepdim=True) * grad3
+    alpha = grad2 / torch.where(denominator != 0, denominator, torch.ones_like(denominator))
+    weights = (alpha * gradient.relu()).sum((2, 3), keepdim=True)                   # (B, C, 1, 1)
+    return (weights * activation).sum(1).relu()                                      # (B, h, w)

@@ -1,0 +1,49 @@
+"""The notebooks run top to bottom (in their fast mode) and show what they promise, so they never rot."""
+import os
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+# What each notebook must display, beyond running without an error: (figures, markdown tables or text).
+EXPECTED = {
+    "bird_focus.ipynb": (1, ["| plain | gradcam |", "| CBAM | spatial_gate |", "| ViT | rollout |",
+                             "| — | center |"]),
+    "vit_attention.ipynb": (2, ["| grad_rollout |", "| center |"]),
+    "ram_glimpses.ipynb": (2, ["Last glimpse centred on the object", "| glimpses |"]),
+    "blocks_as_backbones.ipynb": (2, ["layer4.1.se.spatial", "methods for MyNet"]),
+}
+
+
+def test_every_notebook_is_tested_and_stored_without_outputs():
+    assert sorted(p.name for p in NOTEBOOKS.glob("*.ipynb")) == sorted(EXPECTED)
+    for path in NOTEBOOKS.glob("*.ipynb"):
+        notebook = nbformat.read(path, as_version=4)
+        code = [cell for cell in notebook.cells if cell.cell_type == "code"]
+        assert all(not cell.outputs and cell.execution_count is None for cell in code), f"{path.name} has outputs"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_notebook_runs(name, monkeypatch):
+    root = NOTEBOOKS.parent
+    monkeypatch.setenv("CVATTN_NOTEBOOK_FAST", "1")
+    # One thread: on 2 shared cores, two threads per process oversubscribe and run several times slower.
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")])))
+    for variable in ("CVATTN_CHECKPOINTS", "CVATTN_IMAGE_FOLDER", "CVATTN_DATA_DIR"):
+        monkeypatch.delenv(variable, raising=False)
+    notebook = nbformat.read(NOTEBOOKS / name, as_version=4)
+    # The timeout guards against a hang; speed is the fast mode's job, not this test's.
+    NotebookClient(notebook, timeout=600, kernel_name="python3",
+                   resources={"metadata": {"path": str(NOTEBOOKS)}}).execute()
+
+    outputs = [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs]
+    figures = sum("image/png" in output.get("data", {}) for output in outputs)
+    text = "".join(output.get("text", "") + output.get("data", {}).get("text/markdown", "") for output in outputs)
+    min_figures, snippets = EXPECTED[name]
+    assert figures >= min_figures
+    for snippet in snippets:
+        assert snippet in text
