@@ -122,3 +122,21 @@ def test_capture_attention_returns_the_applied_gates(x):
     assert channel.requires_grad  # stays in the graph for gradient-weighted maps
     block(x)  # after the with-block nothing is collected any more
     assert maps["channel"] is channel and not block.channel.gate._forward_hooks
+
+
+@pytest.mark.parametrize("name", ["se", "eca", "cbam", "cbam_timm"])
+def test_blocks_plug_into_timm_models(name):
+    """timm builds attn_layer blocks with device=/dtype= (timm ≥ 1.0.20): ours take them, so they drop in."""
+    import timm
+
+    from cvattn.layers import get_attn
+
+    model = timm.create_model("resnet18", pretrained=False, num_classes=3,
+                              block_args=dict(attn_layer=get_attn(name))).eval()
+    blocks = [m for m in model.modules() if isinstance(m, type(create_attn(name, 8)))]
+    assert len(blocks) == 8
+    with capture_attention(model) as maps:
+        assert model(torch.randn(1, 3, 64, 64)).shape == (1, 3)
+    assert len(maps) == 8 * (2 if name.startswith("cbam") else 1)
+    double = create_attn(name, 16, dtype=torch.float64)
+    assert all(p.dtype == torch.float64 for p in double.parameters())

@@ -39,15 +39,18 @@ class ChannelAttn(nn.Module):
         act_layer: LayerType = "relu",
         gate_layer: LayerType = "sigmoid",
         convention: str = "paper",
+        device=None,
+        dtype=None,
     ):
         super().__init__()
         check_channels("ChannelAttn", channels)
+        dd = dict(device=device, dtype=dtype)
         bias = check_convention(convention) == "paper"
         if not rd_channels:
             rd_channels = make_divisible(channels * rd_ratio, rd_divisor, round_limit=0.0)
-        self.fc1 = nn.Conv2d(channels, rd_channels, kernel_size=1, bias=bias)
+        self.fc1 = nn.Conv2d(channels, rd_channels, kernel_size=1, bias=bias, **dd)
         self.act = get_act_layer(act_layer)()
-        self.fc2 = nn.Conv2d(rd_channels, channels, kernel_size=1, bias=bias)
+        self.fc2 = nn.Conv2d(rd_channels, channels, kernel_size=1, bias=bias, **dd)
         self.gate = get_act_layer(gate_layer)()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -63,7 +66,7 @@ class SpatialAttn(nn.Module):
     """
 
     def __init__(self, channels: int | None = None, kernel_size: int = 7, gate_layer: LayerType = "sigmoid",
-                 convention: str = "paper"):
+                 convention: str = "paper", device=None, dtype=None):
         super().__init__()
         # `channels` is accepted for the shared constructor vocabulary; the gate is independent of width.
         self.max_first = check_convention(convention) == "paper"
@@ -71,8 +74,8 @@ class SpatialAttn(nn.Module):
             raise ValueError(f"SpatialAttn kernel_size must be a positive odd integer, got {kernel_size}.")
         # Named conv.conv / conv.bn so that timm's ConvNormAct weights load unchanged.
         self.conv = nn.Sequential(OrderedDict(
-            conv=nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2, bias=False),
-            bn=nn.BatchNorm2d(1),
+            conv=nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2, bias=False, device=device, dtype=dtype),
+            bn=nn.BatchNorm2d(1, device=device, dtype=dtype),
         ))
         self.gate = get_act_layer(gate_layer)()
 
@@ -96,10 +99,13 @@ class CbamModule(nn.Module):
         act_layer: LayerType = "relu",
         gate_layer: LayerType = "sigmoid",
         convention: str = "paper",
+        device=None,
+        dtype=None,
     ):
         super().__init__()
-        self.channel = ChannelAttn(channels, rd_ratio, rd_channels, rd_divisor, act_layer, gate_layer, convention)
-        self.spatial = SpatialAttn(channels, spatial_kernel_size, gate_layer, convention)
+        self.channel = ChannelAttn(channels, rd_ratio, rd_channels, rd_divisor, act_layer, gate_layer, convention,
+                                   device, dtype)
+        self.spatial = SpatialAttn(channels, spatial_kernel_size, gate_layer, convention, device, dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.spatial(self.channel(x))

@@ -35,6 +35,8 @@ class EcaModule(nn.Module):
         gamma: float = 2,
         beta: float = 1,
         gate_layer: LayerType = "sigmoid",
+        device=None,
+        dtype=None,
     ):
         super().__init__()
         check_channels("EcaModule", channels)
@@ -42,7 +44,8 @@ class EcaModule(nn.Module):
             kernel_size = eca_kernel_size(channels, gamma, beta)
         if kernel_size < 1 or kernel_size % 2 == 0:
             raise ValueError(f"EcaModule kernel_size must be a positive odd integer, got {kernel_size}.")
-        self.conv = nn.Conv1d(1, 1, kernel_size=kernel_size, padding=(kernel_size - 1) // 2, bias=False)
+        self.conv = nn.Conv1d(1, 1, kernel_size=kernel_size, padding=(kernel_size - 1) // 2, bias=False,
+                              device=device, dtype=dtype)
         self.gate = get_act_layer(gate_layer)()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -29,17 +29,20 @@ class SEModule(nn.Module):
         gate_layer: LayerType = "sigmoid",
         bias: bool = True,
         convention: str = "paper",
+        device=None,
+        dtype=None,
     ):
         super().__init__()
         check_channels("SEModule", channels)
+        dd = dict(device=device, dtype=dtype)
         check_convention(convention)
         if rd_divisor is None:
             rd_divisor = 8 if convention == "timm" else 1
         if not rd_channels:
             rd_channels = make_divisible(channels * rd_ratio, rd_divisor, round_limit=0.0)
-        self.fc1 = nn.Conv2d(channels, rd_channels, kernel_size=1, bias=bias)
+        self.fc1 = nn.Conv2d(channels, rd_channels, kernel_size=1, bias=bias, **dd)
         self.act = get_act_layer(act_layer)()
-        self.fc2 = nn.Conv2d(rd_channels, channels, kernel_size=1, bias=bias)
+        self.fc2 = nn.Conv2d(rd_channels, channels, kernel_size=1, bias=bias, **dd)
         self.gate = get_act_layer(gate_layer)()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -15,13 +15,13 @@ OPTIMIZERS = ("sgd", "adamw")
 SCHEDULERS = ("cosine", "onecycle", "none")
 
 
-def _choice(kind: str, value: str, accepted: tuple[str, ...]) -> str:
+def check_choice(kind: str, value: str, accepted: tuple[str, ...]) -> str:
     if value not in accepted:
         raise ValueError(f"Unknown {kind} {value!r}: accepted {', '.join(map(repr, accepted))}.")
     return value
 
 
-def _positive(name: str, value: float) -> None:
+def check_positive(name: str, value: float) -> None:
     if not value > 0:
         raise ValueError(f"{name} must be > 0, got {value}.")
 
@@ -62,9 +62,9 @@ class ImageClassifier(L.LightningModule):
         compile: bool = False,
     ):
         super().__init__()
-        _choice("optimizer", optimizer, OPTIMIZERS)
-        _choice("scheduler", scheduler, SCHEDULERS)
-        _positive("lr", lr)
+        check_choice("optimizer", optimizer, OPTIMIZERS)
+        check_choice("scheduler", scheduler, SCHEDULERS)
+        check_positive("lr", lr)
         if weight_decay < 0 or warmup_epochs < 0 or not 0 <= label_smoothing < 1:
             raise ValueError(f"weight_decay and warmup_epochs must be ≥ 0 and label_smoothing in [0, 1); got "
                              f"weight_decay={weight_decay}, warmup_epochs={warmup_epochs}, "

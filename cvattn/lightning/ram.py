@@ -25,7 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
-from cvattn.lightning.classifier import _choice, _positive
+from cvattn.lightning.classifier import check_choice, check_positive
 from cvattn.models import create_model
 from cvattn.models.ram import RecurrentAttention
 
@@ -68,9 +68,9 @@ class RAMModule(L.LightningModule):
         scheduler: str = "linear",
     ):
         super().__init__()
-        _choice("optimizer", optimizer, OPTIMIZERS)
-        _choice("scheduler", scheduler, SCHEDULERS)
-        _positive("lr", lr)
+        check_choice("optimizer", optimizer, OPTIMIZERS)
+        check_choice("scheduler", scheduler, SCHEDULERS)
+        check_positive("lr", lr)
         if weight_decay < 0 or reinforce_weight < 0 or mc_samples < 1:
             raise ValueError(f"weight_decay and reinforce_weight must be ≥ 0 and mc_samples ≥ 1; got "
                              f"weight_decay={weight_decay}, reinforce_weight={reinforce_weight}, "
