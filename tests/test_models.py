@@ -96,3 +96,11 @@ def test_models_train_on_a_tiny_batch():
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0]
     assert model.stages[0][0].attn.spatial.conv.conv.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("name, typo, suggestion", [("convnet2", "widht", "width"), ("resnet20", "attn_layers",
+                                                   "attn_layer"), ("vit_tiny_patch4_28", "num_head", "num_heads")])
+def test_a_misspelt_model_argument_suggests_the_right_one(name, typo, suggestion):
+    with pytest.raises(ValueError, match=rf"Model '{name}' does not take the argument '{typo}'. Did you mean "
+                                         rf"'{suggestion}'"):
+        cvattn.create_model(name, **{typo: 1})

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import inspect
+import re
 from typing import Callable
 
 import torch.nn as nn
@@ -42,4 +44,20 @@ def create_model(name: str, **kwargs) -> nn.Module:
         raise ValueError(
             f"Unknown model {name!r}.{hint} Registered models: {', '.join(list_models())}."
         )
-    return _MODELS[name](**kwargs)
+    try:
+        return _MODELS[name](**kwargs)
+    except TypeError as err:
+        unexpected = re.search(r"(\w+)\.__init__\(\) got an unexpected keyword argument '(\w+)'", str(err))
+        if unexpected is None:
+            raise
+        raise ValueError(_explain_unexpected_argument(name, *unexpected.groups())) from None
+
+
+def _explain_unexpected_argument(name: str, class_name: str, argument: str) -> str:
+    model_class = getattr(inspect.getmodule(_MODELS[name]), class_name, None)
+    accepted = [] if model_class is None else [
+        p for p in inspect.signature(model_class).parameters if p not in ("args", "kwargs")]
+    close = difflib.get_close_matches(argument, accepted, n=2)
+    hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+    listed = f" {class_name} takes: {', '.join(accepted)}." if accepted else ""
+    return f"Model {name!r} does not take the argument {argument!r}.{hint}{listed}"
