@@ -3,7 +3,7 @@
     python bench/bench_blocks.py [--batch 64 --channels 64 --size 32 --repeats 30 --device cpu]
 
 Prints the median time of both and the ratio timm/cvattn (≥ 1.0 means cvattn is no slower). The two sides run
-interleaved on the same input so that machine noise hits both alike.
+interleaved on the same input, alternating which goes first, so that machine noise hits both alike.
 """
 from __future__ import annotations
 
@@ -57,9 +57,14 @@ def main() -> None:
         for _ in range(3):
             step_time(ours, x), step_time(theirs, x)
         ours_times, timm_times = [], []
-        for _ in range(args.repeats):
-            ours_times.append(step_time(ours, x))
-            timm_times.append(step_time(theirs, x))
+        for repeat in range(args.repeats):
+            # Alternate which side runs first, so that cache and allocator effects favour neither.
+            if repeat % 2:
+                timm_times.append(step_time(theirs, x))
+                ours_times.append(step_time(ours, x))
+            else:
+                ours_times.append(step_time(ours, x))
+                timm_times.append(step_time(theirs, x))
         ours_ms, timm_ms = 1e3 * statistics.median(ours_times), 1e3 * statistics.median(timm_times)
         print(f"{name:<14}{ours_ms:>11.3f}{timm_ms:>11.3f}{timm_ms / ours_ms:>13.2f}")
 
