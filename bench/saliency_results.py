@@ -37,8 +37,8 @@ RAM_CONFIG = "configs/ram_fashion_mnist_60_cluttered.yaml"
 MODELS = ["convnet2", "se_convnet2", "eca_convnet2", "cbam_convnet2", "vit", "ram"]
 
 
-def overrides(name: str, canvas: int) -> tuple[str, list[str]]:
-    """(config, train.py overrides) of a model name for a ``canvas``-pixel canvas."""
+def overrides(name: str, canvas: int, width: int) -> tuple[str, list[str]]:
+    """(config, train.py overrides) of a model name for a ``canvas``-pixel canvas; ``width``: the CNNs' first block."""
     data = ["--data.init_args.canvas_size", str(canvas), "--data.init_args.num_distractors",
             str(4 if canvas <= 60 else 8)]
     if name == "ram":
@@ -51,7 +51,7 @@ def overrides(name: str, canvas: int) -> tuple[str, list[str]]:
     attn, _, base = name.rpartition("_")
     if base != "convnet2":
         raise ValueError(f"Unknown model {name!r}; accepted: {', '.join(MODELS)}.")
-    kwargs = {"width": 64, **({"attn_layer": attn} if attn else {})}
+    kwargs = {"width": width, **({"attn_layer": attn} if attn else {})}
     return CONV_CONFIG, data + ["--model.init_args.model_kwargs", json.dumps(kwargs)]
 
 
@@ -74,6 +74,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=MODELS, choices=MODELS)
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--canvas-size", type=int, default=60, choices=[60, 100])
+    parser.add_argument("--width", type=int, default=64, help="convnet2 width (64: about the RAM's size)")
     parser.add_argument("--eval-batches", type=int, default=10, help="test batches of 64 scored per model")
     parser.add_argument("--pixels-per-step", type=int, default=120, help="deletion/insertion step")
     parser.add_argument("--limit-train-batches", default="1.0")
@@ -84,7 +85,7 @@ def main() -> None:
 
     rows = []
     for name in args.models:
-        config, extra = overrides(name, args.canvas_size)
+        config, extra = overrides(name, args.canvas_size, args.width)
         run_name = f"saliency_{name}_{args.canvas_size}_e{args.epochs}"
         command = [sys.executable, "train.py", "--config", config, *extra, "--trainer.max_epochs", str(args.epochs),
                    "--trainer.limit_train_batches", args.limit_train_batches,
@@ -110,7 +111,9 @@ def main() -> None:
         f"(limit_train_batches={args.limit_train_batches}), best-validation checkpoint, {num_images} test images; "
         f"hardware: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads.",
         f"Command: `python bench/saliency_results.py --out {args.out} --epochs {args.epochs} --canvas-size "
-        f"{args.canvas_size} --eval-batches {args.eval_batches} --pixels-per-step {args.pixels_per_step}`. "
+        f"{args.canvas_size} --width {args.width} --limit-train-batches {args.limit_train_batches} "
+        f"--limit-eval-batches {args.limit_eval_batches} --eval-batches {args.eval_batches} "
+        f"--pixels-per-step {args.pixels_per_step}`. "
         "Maps for the true class; pointing game averaged "
         "over classes; deletion (lower is better) and insertion (higher is better) track the clean top-1 class.",
         "",

@@ -67,16 +67,16 @@ def test_sensor_matches_per_image_reference(sensor):
                                    atol=1e-5, rtol=0)
 
 
-def test_sensor_interpolates_between_pixels(sensor):
-    """Half a pixel to the right (or down) of a whole-pixel centre, every patch is the mean of the two
-    neighbouring whole-pixel glimpses: bilinear at full resolution, then exact area averages."""
+def test_sensor_rounds_sub_pixel_centres_to_the_nearest_pixel(sensor):
     torch.manual_seed(1)
     image = torch.randn(1, 2, HEIGHT, WIDTH)
-    for cx, cy in [(20, 15), (1, 34)]:
-        for dx, dy in [(1, 0), (0, 1)]:
-            glimpses = [sensor(image, to_location(x, y, HEIGHT, WIDTH)[None])
-                        for x, y in [(cx, cy), (cx + dx, cy + dy), (cx + dx / 2, cy + dy / 2)]]
-            torch.testing.assert_close(glimpses[2], (glimpses[0] + glimpses[1]) / 2, atol=1e-5, rtol=0)
+    for cx, cy in [(20, 15), (1, 34), (43, 0)]:
+        whole = sensor(image, to_location(cx, cy, HEIGHT, WIDTH)[None])
+        for dx, dy in [(0.3, 0.0), (0.0, -0.4), (0.45, 0.45)]:
+            torch.testing.assert_close(sensor(image, to_location(cx + dx, cy + dy, HEIGHT, WIDTH)[None]), whole)
+        next_pixel = sensor(image, to_location(cx + 1, cy, HEIGHT, WIDTH)[None])
+        torch.testing.assert_close(sensor(image, to_location(cx + 0.7, cy, HEIGHT, WIDTH)[None]), next_pixel)
+        assert not torch.equal(next_pixel, whole)
 
 
 def test_sensor_axes_are_x_then_y():
