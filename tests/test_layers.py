@@ -65,6 +65,24 @@ def test_cbam_timm_convention_matches_timm(x):
     torch.testing.assert_close(ours(x), theirs.eval()(x), atol=1e-6, rtol=0)
 
 
+def test_cbam_timm_gradients_match_timm_in_training_mode():
+    """``max`` instead of timm's ``amax``: same input gradient and weight gradients wherever maxima are unique."""
+    torch.manual_seed(0)
+    ours = randomise(create_attn("cbam_timm", 32)).train()
+    theirs = timm.layers.cbam.CbamModule(32).train()
+    theirs.load_state_dict(ours.state_dict())
+    x = torch.randn(4, 32, 9, 11, requires_grad=True)
+    grads = []
+    for module in (ours, theirs):
+        x.grad = None
+        out = module(x)
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        grads.append((x.grad.clone(), {k: p.grad.clone() for k, p in module.named_parameters()}))
+    torch.testing.assert_close(grads[0][0], grads[1][0], atol=1e-6, rtol=1e-5)
+    for name, grad in grads[0][1].items():
+        torch.testing.assert_close(grad, grads[1][1][name], atol=1e-5, rtol=1e-5, msg=name)
+
+
 def test_cbam_paper_convention_is_timm_with_swapped_pooling_and_biases(x):
     """Paper CBAM = timm CBAM with the spatial conv's two input channels swapped and the MLP biases added."""
     ours = randomise(CbamModule(64))
