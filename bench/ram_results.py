@@ -1,6 +1,6 @@
 """The recurrent attention model against its controls on cluttered 60×60 canvases, as a markdown table.
 
-    python bench/ram_results.py --out docs/results_ram.md [--epochs 50] [--seeds 0 1 2]
+    python bench/ram_results.py --out docs/results_ram.md [--epochs 50] [--conv-epochs N] [--conv-width 64] [--seeds 0 1 2]
         [--limit-train-batches 1.0] [--limit-eval-batches 1.0] [--datasets fashion_mnist mnist] [--accelerator auto]
 
 Side by side on the same data (the same canvases for a given seed): RAM with 4, 6 and 8 glimpses, RAM with 8
@@ -40,13 +40,13 @@ DATASETS = {"fashion_mnist": FashionMNISTDataModule, "mnist": MNISTDataModule}
 CANVAS_SIZE, NUM_DISTRACTORS = 60, 4
 
 
-def runs(glimpses: list[int]) -> list[tuple[str, str, str, dict]]:
+def runs(glimpses: list[int], conv_width: int) -> list[tuple[str, str, str, dict]]:
     """(label, config, model name, model_kwargs) of every compared model."""
     ram = [(f"RAM, {n} glimpses", RAM_CONFIG, "ram_60", {"num_glimpses": n}) for n in glimpses]
     return ram + [
         (f"RAM, {max(glimpses)} random glimpses", RAM_CONFIG, "ram_60",
          {"num_glimpses": max(glimpses), "random_glimpses": True}),
-        ("convnet2 (width 64)", CONV_CONFIG, "convnet2", {"width": 64}),
+        (f"convnet2 (width {conv_width})", CONV_CONFIG, "convnet2", {"width": conv_width}),
     ]
 
 
@@ -102,6 +102,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True, help="markdown file to write the table to")
     parser.add_argument("--epochs", type=int, default=50)
+    parser.add_argument("--conv-epochs", type=int, help="epochs of the conv baseline (default: --epochs)")
+    parser.add_argument("--conv-width", type=int, default=64, help="64: about as many parameters as ram_60")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--glimpses", type=int, nargs="+", default=[4, 6, 8])
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
@@ -116,13 +118,14 @@ def main() -> None:
     rows = []
     for dataset in datasets:
         for seed in args.seeds:
-            for label, config, model, model_kwargs in runs(args.glimpses):
+            for label, config, model, model_kwargs in runs(args.glimpses, args.conv_width):
+                epochs = args.epochs if model.startswith("ram") or args.conv_epochs is None else args.conv_epochs
                 run_name = f"ram_results_{dataset}_{model}_{'_'.join(map(str, model_kwargs.values()))}_s{seed}"
                 overrides = [
                     "--config", config, "--seed_everything", str(seed), "--data.init_args.seed", str(seed),
                     "--data.class_path", f"cvattn.data.{DATASETS[dataset].__name__}",
                     "--model.init_args.model_kwargs", json.dumps(model_kwargs),
-                    "--trainer.max_epochs", str(args.epochs),
+                    "--trainer.max_epochs", str(epochs),
                     "--trainer.limit_train_batches", args.limit_train_batches,
                     "--trainer.limit_val_batches", args.limit_eval_batches,
                     "--trainer.limit_test_batches", args.limit_eval_batches,
@@ -142,7 +145,7 @@ def main() -> None:
                     on_object = f"{100 * rate:.1f}"
                 params = sum(p.numel() for p in create_model(model, num_classes=10, in_chans=1,
                                                              **model_kwargs).parameters())
-                rows.append(f"| {dataset} | {label} | {params:,} | {error:.2f} | {on_object} | {args.epochs} | "
+                rows.append(f"| {dataset} | {label} | {params:,} | {error:.2f} | {on_object} | {epochs} | "
                             f"{seed} | {wall / 60:.1f} |")
                 print(rows[-1], flush=True)
 
