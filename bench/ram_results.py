@@ -2,6 +2,7 @@
 
     python bench/ram_results.py --out docs/results_ram.md [--epochs 50] [--conv-epochs N] [--conv-width 64] [--seeds 0 1 2]
         [--limit-train-batches 1.0] [--limit-eval-batches 1.0] [--datasets fashion_mnist mnist] [--accelerator auto]
+        [--jobs 1]
 
 Side by side on the same data (the same canvases for a given seed): RAM with 4, 6 and 8 glimpses, RAM with 8
 random glimpses (the policy control: a trained policy must clearly beat it) and the ``convnet2`` baseline of
@@ -19,10 +20,12 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import platform
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -111,48 +114,57 @@ def main() -> None:
     parser.add_argument("--limit-eval-batches", default="1.0", help="limit_val_batches and limit_test_batches")
     parser.add_argument("--accelerator", default="auto")
     parser.add_argument("--num-workers", type=int, default=2)
+    parser.add_argument("--jobs", type=int, default=1, help="train.py runs at once, sharing the CPU cores")
     args = parser.parse_args()
 
     datasets = [name for name in args.datasets if dataset_found(name)]
     skipped = sorted(set(args.datasets) - set(datasets))
-    rows = []
-    for dataset in datasets:
-        for seed in args.seeds:
-            for label, config, model, model_kwargs in runs(args.glimpses, args.conv_width):
-                epochs = args.epochs if model.startswith("ram") or args.conv_epochs is None else args.conv_epochs
-                run_name = f"ram_results_{dataset}_{model}_{'_'.join(map(str, model_kwargs.values()))}_s{seed}"
-                overrides = [
-                    "--config", config, "--seed_everything", str(seed), "--data.init_args.seed", str(seed),
-                    "--data.class_path", f"cvattn.data.{DATASETS[dataset].__name__}",
-                    "--model.init_args.model_kwargs", json.dumps(model_kwargs),
-                    "--trainer.max_epochs", str(epochs),
-                    "--trainer.limit_train_batches", args.limit_train_batches,
-                    "--trainer.limit_val_batches", args.limit_eval_batches,
-                    "--trainer.limit_test_batches", args.limit_eval_batches,
-                    "--trainer.accelerator", args.accelerator, "--trainer.enable_progress_bar", "false",
-                    "--data.init_args.num_workers", str(args.num_workers),
-                    "--trainer.logger.init_args.name", run_name,
-                ]
-                print("$ python train.py", " ".join(overrides), flush=True)
-                start = time.perf_counter()
-                subprocess.run([sys.executable, "train.py", *overrides], cwd=ROOT, check=True)
-                wall = time.perf_counter() - start
-                run_dir = max((ROOT / "runs" / run_name).glob("version_*"), key=lambda p: int(p.name.split("_")[1]))
-                error = 100 * (1 - test_accuracy(run_dir))
-                on_object = "—"
-                if model.startswith("ram"):
-                    rate = hit_rate(best_checkpoint(run_dir), dataset, seed, args.limit_eval_batches)
-                    on_object = f"{100 * rate:.1f}"
-                params = sum(p.numel() for p in create_model(model, num_classes=10, in_chans=1,
-                                                             **model_kwargs).parameters())
-                rows.append(f"| {dataset} | {label} | {params:,} | {error:.2f} | {on_object} | {epochs} | "
-                            f"{seed} | {wall / 60:.1f} |")
-                print(rows[-1], flush=True)
+    # Parallel runs split the cores between them: threads competing for a core slow every run down many times.
+    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // args.jobs))} if args.jobs > 1 \
+        else None
+    jobs = [(dataset, seed, *run) for dataset in datasets for seed in args.seeds
+            for run in runs(args.glimpses, args.conv_width)]
+
+    def train(job: tuple) -> str:
+        dataset, seed, label, config, model, model_kwargs = job
+        epochs = args.epochs if model.startswith("ram") or args.conv_epochs is None else args.conv_epochs
+        run_name = f"ram_results_{dataset}_{model}_{'_'.join(map(str, model_kwargs.values()))}_s{seed}"
+        overrides = [
+            "--config", config, "--seed_everything", str(seed), "--data.init_args.seed", str(seed),
+            "--data.class_path", f"cvattn.data.{DATASETS[dataset].__name__}",
+            "--model.init_args.model_kwargs", json.dumps(model_kwargs),
+            "--trainer.max_epochs", str(epochs),
+            "--trainer.limit_train_batches", args.limit_train_batches,
+            "--trainer.limit_val_batches", args.limit_eval_batches,
+            "--trainer.limit_test_batches", args.limit_eval_batches,
+            "--trainer.accelerator", args.accelerator, "--trainer.enable_progress_bar", "false",
+            "--data.init_args.num_workers", str(args.num_workers),
+            "--trainer.logger.init_args.name", run_name,
+        ]
+        print("$ python train.py", " ".join(overrides), flush=True)
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "train.py", *overrides], cwd=ROOT, check=True, env=env,
+                       stdout=subprocess.DEVNULL if args.jobs > 1 else None)
+        wall = time.perf_counter() - start
+        run_dir = max((ROOT / "runs" / run_name).glob("version_*"), key=lambda p: int(p.name.split("_")[1]))
+        error = 100 * (1 - test_accuracy(run_dir))
+        on_object = "—"
+        if model.startswith("ram"):
+            on_object = f"{100 * hit_rate(best_checkpoint(run_dir), dataset, seed, args.limit_eval_batches):.1f}"
+        params = sum(p.numel() for p in create_model(model, num_classes=10, in_chans=1, **model_kwargs).parameters())
+        row = f"| {dataset} | {label} | {params:,} | {error:.2f} | {on_object} | {epochs} | {seed} | {wall / 60:.1f} |"
+        print(row, flush=True)
+        return row
+
+    with ThreadPoolExecutor(args.jobs) as pool:
+        rows = list(pool.map(train, jobs))
 
     lines = [
         f"Cluttered {CANVAS_SIZE}×{CANVAS_SIZE} canvases, {NUM_DISTRACTORS} distractors of 8×8; "
         f"limit_train_batches={args.limit_train_batches}, limit_val/test_batches={args.limit_eval_batches}; "
-        f"hardware: {hardware(args.accelerator)}; torch {torch.__version__}.",
+        f"hardware: {hardware(args.accelerator)}"
+        + (f", {args.jobs} runs at once with {env['OMP_NUM_THREADS']} thread(s) each" if env else "")
+        + f"; torch {torch.__version__}.",
         f"Command: `python bench/ram_results.py {' '.join(sys.argv[1:])}`. Configs: `{RAM_CONFIG}`, `{CONV_CONFIG}`.",
         "Paper (Mnih et al. 2014, cluttered 60×60 MNIST): RAM 8 glimpses 4.04%, conv baseline 8.09%, "
         "8 random glimpses 14.4% error.",
