@@ -116,7 +116,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True, help="markdown file to write the table to")
     parser.add_argument("--epochs", type=int, default=50)
-    parser.add_argument("--conv-epochs", type=int, help="epochs of the conv baseline (default: --epochs)")
+    parser.add_argument("--conv-epochs", type=int, help="epochs of the conv baseline (default: --epochs; 0: no conv row)")
     parser.add_argument("--conv-width", type=int, default=64, help="64: about as many parameters as ram_60")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--glimpses", type=int, nargs="+", default=[4, 6, 8])
@@ -134,7 +134,7 @@ def main() -> None:
     env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // args.jobs))} if args.jobs > 1 \
         else None
     jobs = [(dataset, seed, *run) for dataset in datasets for seed in args.seeds
-            for run in runs(args.glimpses, args.conv_width)]
+            for run in runs(args.glimpses, args.conv_width) if run[2].startswith("ram") or args.conv_epochs != 0]
 
     def train(job: tuple) -> str:
         dataset, seed, label, config, model, model_kwargs = job
