@@ -10,33 +10,16 @@ Columns: test accuracy of the best-validation checkpoint, parameters, training i
 from __future__ import annotations
 
 import argparse
-import csv
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import torch
 
 import cvattn
+from _common import ROOT, hardware, newest_run, test_accuracy
 
-ROOT = Path(__file__).resolve().parents[1]
 CONFIG = "configs/resnet20_fashion_mnist.yaml"
-
-
-def hardware(accelerator: str) -> str:
-    if accelerator != "cpu" and torch.cuda.is_available():
-        return torch.cuda.get_device_name(0)
-    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
-
-
-def last_metrics(run_dir: Path) -> dict[str, float]:
-    merged: dict[str, float] = {}
-    with open(run_dir / "metrics.csv") as file:
-        for row in csv.DictReader(file):
-            merged.update({k: float(v) for k, v in row.items() if v not in ("", None)})
-    return merged
 
 
 def main() -> None:
@@ -61,10 +44,9 @@ def main() -> None:
         start = time.perf_counter()
         subprocess.run(command, cwd=ROOT, check=True)
         wall = time.perf_counter() - start
-        run_dir = max((ROOT / "runs" / run_name).glob("version_*"), key=lambda p: int(p.name.split("_")[1]))
-        metrics = last_metrics(run_dir)
+        run_dir = newest_run(run_name)
         params = sum(p.numel() for p in cvattn.create_model(name, num_classes=10, in_chans=1).parameters())
-        rows.append((name, 100 * metrics["test/acc"], params, train_images * args.epochs / wall, wall / 60))
+        rows.append((name, 100 * test_accuracy(run_dir), params, train_images * args.epochs / wall, wall / 60))
         print(rows[-1], flush=True)
 
     lines = [

@@ -18,11 +18,9 @@ object's box (``final_glimpse_hit_rate``).
 from __future__ import annotations
 
 import argparse
-import csv
 import itertools
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -31,13 +29,13 @@ from pathlib import Path
 
 import torch
 
+from _common import ROOT, hardware, newest_run, test_accuracy
 from cvattn.checkpoint import load_checkpoint
 from cvattn.data import FashionMNISTDataModule, MNISTDataModule
 from cvattn.lightning.ram import RAMModule
 from cvattn.models import create_model
 from cvattn.models.ram import final_glimpse_hit_rate
 
-ROOT = Path(__file__).resolve().parents[1]
 RAM_CONFIG = "configs/ram_fashion_mnist_60_cluttered.yaml"
 CONV_CONFIG = "configs/ram_fashion_mnist_60_cluttered_convnet2.yaml"
 DATASETS = {"fashion_mnist": FashionMNISTDataModule, "mnist": MNISTDataModule}
@@ -54,24 +52,12 @@ def runs(glimpses: list[int], conv_width: int) -> list[tuple[str, str, str, dict
     ]
 
 
-def hardware(accelerator: str) -> str:
-    if accelerator != "cpu" and torch.cuda.is_available():
-        return torch.cuda.get_device_name(0)
-    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
-
-
 def dataset_found(name: str) -> bool:
     try:
         DATASETS[name](download=False).prepare_data()
     except FileNotFoundError:
         return False
     return True
-
-
-def test_accuracy(run_dir: Path) -> float:
-    with open(run_dir / "metrics.csv") as file:
-        values = [float(row["test/acc"]) for row in csv.DictReader(file) if row.get("test/acc")]
-    return values[-1]
 
 
 def best_checkpoint(run_dir: Path) -> Path:
@@ -127,6 +113,8 @@ def main() -> None:
     parser.add_argument("--num-workers", type=int, default=2)
     parser.add_argument("--jobs", type=int, default=1, help="train.py runs at once, sharing the CPU cores")
     args = parser.parse_args()
+    if args.jobs < 1 or (args.conv_epochs is not None and args.conv_epochs < 0):
+        parser.error(f"--jobs must be ≥ 1 and --conv-epochs ≥ 0; got --jobs {args.jobs}, --conv-epochs {args.conv_epochs}")
 
     datasets = [name for name in args.datasets if dataset_found(name)]
     skipped = sorted(set(args.datasets) - set(datasets))
@@ -157,7 +145,7 @@ def main() -> None:
         subprocess.run([sys.executable, "train.py", *overrides], cwd=ROOT, check=True, env=env,
                        stdout=subprocess.DEVNULL if args.jobs > 1 else None)
         wall = time.perf_counter() - start
-        run_dir = max((ROOT / "runs" / run_name).glob("version_*"), key=lambda p: int(p.name.split("_")[1]))
+        run_dir = newest_run(run_name)
         error = 100 * (1 - test_accuracy(run_dir))
         on_object = "—"
         if model.startswith("ram"):

@@ -18,20 +18,17 @@ method and curve; the default 120 (two rows of a 60-pixel canvas) gives 31-point
 from __future__ import annotations
 
 import argparse
-import csv
 import json
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import torch
 
+from _common import ROOT, hardware, newest_run, test_accuracy
 from cvattn.saliency import evaluate
 from cvattn.saliency.cli import build_from_config, load_weights
 
-ROOT = Path(__file__).resolve().parents[1]
 CONV_CONFIG = "configs/ram_fashion_mnist_60_cluttered_convnet2.yaml"
 RAM_CONFIG = "configs/ram_fashion_mnist_60_cluttered.yaml"
 MODELS = ["convnet2", "se_convnet2", "eca_convnet2", "cbam_convnet2", "vit", "ram"]
@@ -53,19 +50,6 @@ def overrides(name: str, canvas: int, width: int) -> tuple[str, list[str]]:
         raise ValueError(f"Unknown model {name!r}; accepted: {', '.join(MODELS)}.")
     kwargs = {"width": width, **({"attn_layer": attn} if attn else {})}
     return CONV_CONFIG, data + ["--model.init_args.model_kwargs", json.dumps(kwargs)]
-
-
-def newest_run(run_name: str) -> Path:
-    runs = list((ROOT / "runs" / run_name).glob("version_*"))
-    if not runs:
-        raise FileNotFoundError(f"No run {ROOT / 'runs' / run_name}/version_*: train it first (drop --skip-training).")
-    return max(runs, key=lambda p: int(p.name.split("_")[1]))
-
-
-def test_accuracy(run_dir: Path) -> float:
-    with open(run_dir / "metrics.csv") as file:
-        values = [float(row["test/acc"]) for row in csv.DictReader(file) if row.get("test/acc")]
-    return values[-1] if values else float("nan")
 
 
 def main() -> None:
@@ -109,7 +93,7 @@ def main() -> None:
     lines = [
         f"Cluttered {args.canvas_size}×{args.canvas_size} Fashion-MNIST, {args.epochs} epochs "
         f"(limit_train_batches={args.limit_train_batches}), best-validation checkpoint, {num_images} test images; "
-        f"hardware: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads.",
+        f"hardware: {hardware(args.accelerator)}.",
         f"Command: `python bench/saliency_results.py --out {args.out} --epochs {args.epochs} --canvas-size "
         f"{args.canvas_size} --width {args.width} --limit-train-batches {args.limit_train_batches} "
         f"--limit-eval-batches {args.limit_eval_batches} --eval-batches {args.eval_batches} "

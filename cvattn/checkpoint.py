@@ -69,6 +69,14 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         return load_checkpoint(path, map_location=map_location or "cpu")
 
 
+def state_dict_differences(saved: dict[str, Any], expected: dict[str, Any]) -> tuple[list[str], ...]:
+    """Sorted (missing, unexpected, reshaped) keys of ``saved`` against the ``expected`` state_dict; all empty when
+    ``saved`` restores it."""
+    common = expected.keys() & saved.keys()
+    return (sorted(expected.keys() - saved.keys()), sorted(saved.keys() - expected.keys()),
+            sorted(k for k in common if saved[k].shape != expected[k].shape))
+
+
 def check_checkpoint_fits(checkpoint: dict[str, Any], module: nn.Module, path: str | os.PathLike) -> None:
     """``ValueError`` naming the missing, unexpected and reshaped keys if ``checkpoint`` (read from ``path``) cannot
     restore ``module``."""
@@ -77,10 +85,8 @@ def check_checkpoint_fits(checkpoint: dict[str, Any], module: nn.Module, path: s
                          f"train.py; --ckpt_path needs a Lightning checkpoint (with 'state_dict', optimiser and loop "
                          f"states), e.g. runs/<config>/version_N/checkpoints/last.ckpt.")
     saved, expected = checkpoint["state_dict"], module.state_dict()
-    missing = sorted(expected.keys() - saved.keys())
-    unexpected = sorted(saved.keys() - expected.keys())
-    reshaped = [f"{k} {tuple(saved[k].shape)} in the checkpoint vs {tuple(expected[k].shape)}"
-                for k in sorted(expected.keys() & saved.keys()) if saved[k].shape != expected[k].shape]
+    missing, unexpected, reshaped = state_dict_differences(saved, expected)
+    reshaped = [f"{k} {tuple(saved[k].shape)} in the checkpoint vs {tuple(expected[k].shape)}" for k in reshaped]
     if missing or unexpected or reshaped:
         trained_as = checkpoint.get("hyper_parameters", {}).get("model")
         origin = f" (it was trained as {trained_as!r})" if isinstance(trained_as, str) else ""

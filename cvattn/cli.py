@@ -169,13 +169,22 @@ def _newest_last_checkpoint(root: Path) -> Path:
     return found[max(found)]
 
 
+def unwritable_ancestor(directory: Path) -> tuple[Path, str] | None:
+    """``(the nearest existing folder or file on the way to directory, what is wrong with it)`` when ``directory``
+    cannot be created or written to; ``None`` when it can."""
+    existing = next(p for p in (directory, *directory.parents) if p.exists())
+    if not existing.is_dir():
+        return existing, "is not a directory"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return existing, "is not writable"
+    return None
+
+
 def _check_writable(log_dir: Path) -> None:
     """Fail before training if the run directory cannot be created, rather than after the first epoch."""
-    existing = next(p for p in (log_dir, *log_dir.parents) if p.exists())
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        problem = "is not a directory" if not existing.is_dir() else "is not writable"
-        raise PermissionError(f"Cannot create the run directory {log_dir}: {existing} {problem}. Run from a writable "
-                              f"folder or set --trainer.logger.init_args.save_dir to one.")
+    if problem := unwritable_ancestor(log_dir):
+        raise PermissionError(f"Cannot create the run directory {log_dir}: {problem[0]} {problem[1]}. Run from a "
+                              f"writable folder or set --trainer.logger.init_args.save_dir to one.")
 
 
 def _remove_partial_run(log_dir: Path) -> None:

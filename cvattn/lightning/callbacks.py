@@ -23,7 +23,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from matplotlib.figure import Figure
 
 from cvattn.saliency import available_methods, default_methods, figure_to_array, saliency, saliency_grid
-from cvattn.saliency.api import inspection_mode, unwrap
+from cvattn.saliency.api import first_samples, inspection_mode, unwrap
 
 
 class SaliencyCallback(L.Callback):
@@ -64,14 +64,7 @@ class SaliencyCallback(L.Callback):
     def _fixed_batch(self, trainer: L.Trainer) -> list[torch.Tensor]:
         if self._batch is None:
             loaders = trainer.val_dataloaders
-            loader = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
-            parts, taken = [], 0
-            for batch in loader:
-                parts.append([tensor.cpu() for tensor in batch])
-                taken += len(batch[0])
-                if taken >= self.num_images:
-                    break
-            self._batch = [torch.cat(column)[:self.num_images] for column in zip(*parts)]
+            self._batch = first_samples(loaders[0] if isinstance(loaders, (list, tuple)) else loaders, self.num_images)
         return self._batch
 
     def figure(self, trainer: L.Trainer, pl_module: L.LightningModule) -> Figure:

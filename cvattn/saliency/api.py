@@ -12,7 +12,7 @@ from __future__ import annotations
 import difflib
 import inspect
 from contextlib import contextmanager
-from typing import Iterator, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import lightning as L
 import torch
@@ -40,6 +40,17 @@ def unwrap(model: nn.Module) -> nn.Module:
 def default_methods(model: nn.Module) -> list[str]:
     """Every method that applies to ``model`` except the baselines (which ``evaluate`` always adds)."""
     return [name for name in available_methods(unwrap(model)) if name not in BASELINES]
+
+
+def first_samples(batches: Iterable, count: int) -> list[torch.Tensor]:
+    """The first ``count`` samples of a loader's batches, column by column (images, labels[, boxes]), on the CPU."""
+    parts, taken = [], 0
+    for batch in batches:
+        parts.append([tensor.cpu() for tensor in batch])
+        taken += len(batch[0])
+        if taken >= count:
+            break
+    return [torch.cat(column)[:count] for column in zip(*parts)]
 
 
 @contextmanager

@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -27,10 +26,10 @@ import torch
 import torch.nn as nn
 import yaml
 
-from cvattn.checkpoint import load_checkpoint
-from cvattn.cli import CvattnCLI
+from cvattn.checkpoint import load_checkpoint, state_dict_differences
+from cvattn.cli import CvattnCLI, unwritable_ancestor
 from cvattn.saliency._registry import available_methods
-from cvattn.saliency.api import default_methods, saliency, unwrap
+from cvattn.saliency.api import default_methods, first_samples, saliency, unwrap
 from cvattn.saliency.evaluate import evaluate
 from cvattn.saliency.overlay import saliency_grid
 
@@ -67,10 +66,8 @@ def load_weights(module: L.LightningModule, path: str | os.PathLike) -> None:
     if not module.state_dict().keys() & state.keys() and isinstance(getattr(module, "model", None), nn.Module):
         target = module.model   # a bare network's state_dict
     own = target.state_dict()
-    missing = sorted(own.keys() - state.keys())
-    unexpected = sorted(state.keys() - own.keys())
-    mismatched = sorted(f"{key}: checkpoint {tuple(state[key].shape)} vs model {tuple(own[key].shape)}"
-                        for key in own.keys() & state.keys() if state[key].shape != own[key].shape)
+    missing, unexpected, mismatched = state_dict_differences(state, own)
+    mismatched = [f"{key}: checkpoint {tuple(state[key].shape)} vs model {tuple(own[key].shape)}" for key in mismatched]
     if missing or unexpected or mismatched:
         def first(keys: list[str]) -> str:
             return f"{keys[:8]}{' …' * (len(keys) > 8)}"
@@ -83,30 +80,10 @@ def load_weights(module: L.LightningModule, path: str | os.PathLike) -> None:
 
 
 def check_writable(out: Path) -> None:
-    """Raise unless ``out`` is, or can become, a writable directory; probes with a temporary entry, removed again."""
-    parent = out
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        raise ValueError(f"Output directory {str(out)!r} cannot be created: {str(parent)!r} is a file.")
-    try:
-        tempfile.TemporaryDirectory(dir=parent).cleanup()
-    except OSError as err:
-        raise ValueError(f"Output directory {str(out)!r} is not writable ({err.strerror} in {str(parent)!r}); "
-                         f"choose another --out.") from None
-
-
-def _test_images(datamodule: L.LightningDataModule, count: int) -> tuple[torch.Tensor, ...]:
-    """The first ``count`` test samples as (images, labels[, boxes])."""
-    datamodule.setup("test")
-    parts: list[list[torch.Tensor]] = []
-    taken = 0
-    for batch in datamodule.test_dataloader():
-        parts.append(list(batch))
-        taken += len(batch[0])
-        if taken >= count:
-            break
-    return tuple(torch.cat(column)[:count] for column in zip(*parts))
+    """Raise unless ``out`` is, or can become, a writable directory."""
+    if problem := unwritable_ancestor(out):
+        raise ValueError(f"Output directory {str(out)!r} cannot be created: {str(problem[0])!r} {problem[1]}; "
+                         f"choose another --out.")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -143,7 +120,8 @@ def run(args: argparse.Namespace) -> None:
         raise ValueError(f"--methods {unknown} do not apply to {type(model).__name__}; methods that do: "
                          f"{', '.join(available_methods(model))}.")
 
-    images, labels, *boxes = _test_images(datamodule, args.num_images)
+    datamodule.setup("test")
+    images, labels, *boxes = first_samples(datamodule.test_dataloader(), args.num_images)
     model.eval()
     with torch.no_grad():
         probs, predicted = model(images).softmax(1).max(1)

@@ -15,14 +15,11 @@ from cvattn.saliency._registry import is_ram, register_method
 
 def glimpse_map(boxes: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
     """Step-weighted box indicators: boxes (B, T, 4) (x0, y0, x1, y1) in pixels → (B, H, W)."""
-    height, width = image_size
+    from cvattn.saliency.metrics import box_masks   # metrics imports the api, which imports this module
+
     steps = boxes.shape[1]
     weights = torch.arange(1, steps + 1, device=boxes.device, dtype=boxes.dtype) / steps          # (T,)
-    xs = torch.arange(width, device=boxes.device, dtype=boxes.dtype) + 0.5                        # pixel centres
-    ys = torch.arange(height, device=boxes.device, dtype=boxes.dtype) + 0.5
-    inside_x = (xs >= boxes[..., 0:1]) & (xs < boxes[..., 2:3])                                   # (B, T, W)
-    inside_y = (ys >= boxes[..., 1:2]) & (ys < boxes[..., 3:4])                                   # (B, T, H)
-    return torch.einsum("t,bth,btw->bhw", weights, inside_y.to(boxes.dtype), inside_x.to(boxes.dtype))
+    return (box_masks(boxes, image_size) * weights[:, None, None]).sum(1)                        # (B, H, W)
 
 
 @register_method("glimpses", is_ram, "a recurrent attention model (cvattn.models.ram)")
