@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import os
 import platform
 from pathlib import Path
 
@@ -30,3 +31,14 @@ def test_accuracy(run_dir: Path) -> float:
     with open(run_dir / "metrics.csv") as file:
         values = [float(row["test/acc"]) for row in csv.DictReader(file) if row.get("test/acc")]
     return values[-1] if values else float("nan")
+
+
+def split_threads(jobs: int) -> tuple[dict | None, str]:
+    """The environment for ``jobs`` runs at once, and the words that say so in a table's header.
+
+    Parallel runs split the cores between them: threads competing for a core slow every run down many times.
+    """
+    if jobs <= 1:
+        return None, ""
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    return {**os.environ, "OMP_NUM_THREADS": str(threads)}, f", {jobs} runs at once with {threads} thread(s) each"

@@ -2,7 +2,7 @@
 
     python bench/ram_results.py --out docs/results_ram.md [--epochs 50] [--conv-epochs N] [--conv-width 64] [--seeds 0 1 2]
         [--limit-train-batches 1.0] [--limit-eval-batches 1.0] [--datasets fashion_mnist mnist] [--accelerator auto]
-        [--jobs 1]
+        [--jobs 1] [--num-scales 3]
 
 Side by side on the same data (the same canvases for a given seed): RAM with 4, 6 and 8 glimpses, RAM with 8
 random glimpses (the policy control: a trained policy must clearly beat it) and the ``convnet2`` baseline of
@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
 import subprocess
 import sys
 import time
@@ -29,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from _common import ROOT, hardware, newest_run, test_accuracy
+from _common import ROOT, hardware, newest_run, split_threads, test_accuracy
 from cvattn.checkpoint import load_checkpoint
 from cvattn.data import FashionMNISTDataModule, MNISTDataModule
 from cvattn.lightning.ram import RAMModule
@@ -42,12 +41,14 @@ DATASETS = {"fashion_mnist": FashionMNISTDataModule, "mnist": MNISTDataModule}
 CANVAS_SIZE, NUM_DISTRACTORS = 60, 4
 
 
-def runs(glimpses: list[int], conv_width: int) -> list[tuple[str, str, str, dict]]:
+def runs(glimpses: list[int], num_scales: int, conv_width: int) -> list[tuple[str, str, str, dict]]:
     """(label, config, model name, model_kwargs) of every compared model."""
-    ram = [(f"RAM, {n} glimpses", RAM_CONFIG, "ram_60", {"num_glimpses": n}) for n in glimpses]
+    scales = f", {num_scales} scales" if num_scales != 3 else ""
+    ram = [(f"RAM, {n} glimpses{scales}", RAM_CONFIG, "ram_60", {"num_glimpses": n, "num_scales": num_scales})
+           for n in glimpses]
     return ram + [
-        (f"RAM, {max(glimpses)} random glimpses", RAM_CONFIG, "ram_60",
-         {"num_glimpses": max(glimpses), "random_glimpses": True}),
+        (f"RAM, {max(glimpses)} random glimpses{scales}", RAM_CONFIG, "ram_60",
+         {"num_glimpses": max(glimpses), "num_scales": num_scales, "random_glimpses": True}),
         (f"convnet2 (width {conv_width})", CONV_CONFIG, "convnet2", {"width": conv_width}),
     ]
 
@@ -106,6 +107,7 @@ def main() -> None:
     parser.add_argument("--conv-width", type=int, default=64, help="64: about as many parameters as ram_60")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--glimpses", type=int, nargs="+", default=[4, 6, 8])
+    parser.add_argument("--num-scales", type=int, default=3, help="patches per glimpse (the paper's 60×60: 3)")
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
     parser.add_argument("--limit-train-batches", default="1.0", help="Lightning's limit_train_batches")
     parser.add_argument("--limit-eval-batches", default="1.0", help="limit_val_batches and limit_test_batches")
@@ -118,11 +120,9 @@ def main() -> None:
 
     datasets = [name for name in args.datasets if dataset_found(name)]
     skipped = sorted(set(args.datasets) - set(datasets))
-    # Parallel runs split the cores between them: threads competing for a core slow every run down many times.
-    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // args.jobs))} if args.jobs > 1 \
-        else None
+    env, parallel = split_threads(args.jobs)
     jobs = [(dataset, seed, *run) for dataset in datasets for seed in args.seeds
-            for run in runs(args.glimpses, args.conv_width) if run[2].startswith("ram") or args.conv_epochs != 0]
+            for run in runs(args.glimpses, args.num_scales, args.conv_width) if run[2].startswith("ram") or args.conv_epochs != 0]
 
     def train(job: tuple) -> str:
         dataset, seed, label, config, model, model_kwargs = job
@@ -162,7 +162,7 @@ def main() -> None:
         f"Cluttered {CANVAS_SIZE}×{CANVAS_SIZE} canvases, {NUM_DISTRACTORS} distractors of 8×8; "
         f"limit_train_batches={args.limit_train_batches}, limit_val/test_batches={args.limit_eval_batches}; "
         f"hardware: {hardware(args.accelerator)}"
-        + (f", {args.jobs} runs at once with {env['OMP_NUM_THREADS']} thread(s) each" if env else "")
+        + parallel
         + f"; torch {torch.__version__}.",
         f"Command: `python bench/ram_results.py {' '.join(sys.argv[1:])}`. Configs: `{RAM_CONFIG}`, `{CONV_CONFIG}`.",
         "Paper (Mnih et al. 2014, cluttered 60×60 MNIST): RAM 8 glimpses 4.04%, conv baseline 8.09%, "
