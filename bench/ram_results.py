@@ -115,8 +115,9 @@ def main() -> None:
     parser.add_argument("--num-workers", type=int, default=2)
     parser.add_argument("--jobs", type=int, default=1, help="train.py runs at once, sharing the CPU cores")
     args = parser.parse_args()
-    if args.jobs < 1 or (args.conv_epochs is not None and args.conv_epochs < 0):
-        parser.error(f"--jobs must be ≥ 1 and --conv-epochs ≥ 0; got --jobs {args.jobs}, --conv-epochs {args.conv_epochs}")
+    if args.jobs < 1 or args.num_scales < 1 or (args.conv_epochs is not None and args.conv_epochs < 0):
+        parser.error(f"--jobs and --num-scales must be ≥ 1 and --conv-epochs ≥ 0; got --jobs {args.jobs}, "
+                     f"--num-scales {args.num_scales}, --conv-epochs {args.conv_epochs}")
 
     datasets = [name for name in args.datasets if dataset_found(name)]
     skipped = sorted(set(args.datasets) - set(datasets))
