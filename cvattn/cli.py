@@ -9,6 +9,7 @@ section configures that ``ModelCheckpoint``, e.g. ``checkpoint: {every_n_train_s
 
 ``--ckpt_path last`` resumes from the newest ``version_N`` of the config that holds a ``last.ckpt`` and goes on
 logging into it; on CPU the resumed run ends bitwise where an uninterrupted one would (docs/distributed.md).
+A run stopped by SIGTERM (a scheduler's time limit) says so and exits with 143, not 0.
 The configs run unchanged on several devices: ``--trainer.devices 4 --trainer.strategy ddp``.
 
 Bad input (malformed YAML, an unknown key, a bad value, a missing or foreign file, an unwritable run directory)
@@ -23,6 +24,7 @@ import inspect
 import os
 import re
 import shutil
+import signal
 import sys
 import tempfile
 from argparse import ArgumentError
@@ -35,7 +37,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
-from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
 from cvattn.checkpoint import ExactResume, check_checkpoint_fits, load_checkpoint
 
@@ -98,7 +100,13 @@ def main(argv: list[str] | None = None) -> None:
             check_checkpoint_fits(checkpoint, cli.model, ckpt_path)
             if resuming:
                 _forget_rows_from(log_dir / "metrics.csv", checkpoint["global_step"])
-        trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt_path)
+        try:
+            trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt_path)
+        except SIGTERMException:
+            # Lightning stops cleanly on SIGTERM but exits 0, which tells a scheduler or a script the run finished.
+            print("error: training was stopped by SIGTERM before it ended; no test was run. Resume it with the same "
+                  "command plus --ckpt_path last.", file=sys.stderr)
+            raise SystemExit(128 + signal.SIGTERM) from None
         if trainer.interrupted:
             return
         # Read before testing: loading the best checkpoint restores the callback's state as it was then.

@@ -110,6 +110,34 @@ def test_sigkill_mid_epoch_then_ckpt_path_last_ends_bitwise_like_an_uninterrupte
 
 # ---------------------------------------------------------------------------------------------------------------------
 
+TERM_AT_STEP = """
+import os
+import signal
+
+import lightning as L
+
+
+class TermAtStep(L.Callback):
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+"""
+
+
+@pytest.mark.slow
+def test_sigterm_exits_143_naming_the_resume_and_tests_nothing(tmp_path):
+    (tmp_path / "term.py").write_text(TERM_AT_STEP)
+    config = tiny_config(write_image_folder(tmp_path / "images"), max_epochs=3)
+    config["trainer"]["callbacks"] = [{"class_path": "term.TermAtStep"}]
+    write_config(tmp_path / "tiny.yaml", config)
+    process = train(tmp_path, "--config", "tiny.yaml", pythonpath=(tmp_path,))
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+    assert "stopped by SIGTERM" in stderr and "--ckpt_path last" in stderr
+    rows = _metrics(tmp_path)
+    assert rows and max(int(row["step"]) for row in rows) < STEPS_PER_EPOCH
+    assert not any(row.get("test/acc") for row in rows)
+
 @pytest.mark.parametrize("interruption", [OSError(28, "No space left on device"), KeyboardInterrupt()])
 def test_interrupted_save_leaves_the_old_checkpoint_and_no_temporary_file(tmp_path, monkeypatch, interruption):
     target = tmp_path / "last.ckpt"
