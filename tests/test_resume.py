@@ -1,4 +1,4 @@
-"""Exact resume after SIGKILL, determinism, and atomic checkpoint writes.
+"""Exact resume after SIGKILL, the exit code after SIGTERM, determinism, and atomic checkpoint writes.
 
 The slow tests run `python train.py` four times on a tiny config (8 steps an epoch, 3 epochs, a checkpoint every 2
 steps, one loader worker): twice uninterrupted, once paused before step 11 (mid-epoch 1, one step after the step-10
@@ -108,8 +108,6 @@ def test_sigkill_mid_epoch_then_ckpt_path_last_ends_bitwise_like_an_uninterrupte
     _assert_same_weights(_last_checkpoint(runs / "first"), _last_checkpoint(killed))
 
 
-# ---------------------------------------------------------------------------------------------------------------------
-
 TERM_AT_STEP = """
 import os
 import signal
@@ -137,6 +135,9 @@ def test_sigterm_exits_143_naming_the_resume_and_tests_nothing(tmp_path):
     rows = _metrics(tmp_path)
     assert rows and max(int(row["step"]) for row in rows) < STEPS_PER_EPOCH
     assert not any(row.get("test/acc") for row in rows)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("interruption", [OSError(28, "No space left on device"), KeyboardInterrupt()])
 def test_interrupted_save_leaves_the_old_checkpoint_and_no_temporary_file(tmp_path, monkeypatch, interruption):
