@@ -104,8 +104,11 @@ def main(argv: list[str] | None = None) -> None:
             trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt_path)
         except SIGTERMException:
             # Lightning stops cleanly on SIGTERM but exits 0, which tells a scheduler or a script the run finished.
-            print("error: training was stopped by SIGTERM before it ended; no test was run. Resume it with the same "
-                  "command plus --ckpt_path last.", file=sys.stderr)
+            last = trainer.checkpoint_callback.last_model_path if trainer.checkpoint_callback else ""
+            resume = (f"resume from {last} with the same command plus --ckpt_path last" if last else
+                      "no checkpoint was saved yet, so running the command again starts over")
+            print(f"error: training was stopped by SIGTERM before it ended and no test was run; {resume}.",
+                  file=sys.stderr)
             raise SystemExit(128 + signal.SIGTERM) from None
         if trainer.interrupted:
             return

@@ -116,24 +116,33 @@ import lightning as L
 
 
 class TermAtStep(L.Callback):
+    def __init__(self, step: int):
+        self.step = step
+
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if trainer.global_step == 3:
+        if trainer.global_step == self.step:
             os.kill(os.getpid(), signal.SIGTERM)
 """
 
 
 @pytest.mark.slow
-def test_sigterm_exits_143_naming_the_resume_and_tests_nothing(tmp_path):
+@pytest.mark.parametrize("term_step", [3, STEPS_PER_EPOCH + 2])
+def test_sigterm_exits_143_naming_the_resume_and_tests_nothing(tmp_path, term_step):
     (tmp_path / "term.py").write_text(TERM_AT_STEP)
     config = tiny_config(write_image_folder(tmp_path / "images"), max_epochs=3)
-    config["trainer"]["callbacks"] = [{"class_path": "term.TermAtStep"}]
+    config["trainer"]["callbacks"] = [{"class_path": "term.TermAtStep", "init_args": {"step": term_step}}]
     write_config(tmp_path / "tiny.yaml", config)
     process = train(tmp_path, "--config", "tiny.yaml", pythonpath=(tmp_path,))
     _, stderr = process.communicate(timeout=300)
     assert process.returncode == 128 + signal.SIGTERM, stderr[-3000:]
-    assert "stopped by SIGTERM" in stderr and "--ckpt_path last" in stderr
+    assert "stopped by SIGTERM" in stderr
+    if term_step > STEPS_PER_EPOCH:   # the end of epoch 0 wrote last.ckpt
+        assert f"resume from {Path('runs/tiny/version_0/checkpoints/last.ckpt')} with the same command plus " \
+               "--ckpt_path last" in stderr
+    else:                             # the first checkpoint waits for the first validation (val/acc)
+        assert "no checkpoint was saved yet" in stderr
     rows = _metrics(tmp_path)
-    assert rows and max(int(row["step"]) for row in rows) < STEPS_PER_EPOCH
+    assert rows and max(int(row["step"]) for row in rows) <= term_step
     assert not any(row.get("test/acc") for row in rows)
 
 
