@@ -26,17 +26,18 @@ from cvattn.models.ram import (
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def reference_glimpse(image: torch.Tensor, cx: int, cy: int, glimpse_size: int, num_scales: int,
+def reference_glimpse(image: torch.Tensor, cx: float, cy: float, glimpse_size: int, num_scales: int,
                       pad_value: torch.Tensor) -> torch.Tensor:
-    """(k, C, g, g): for one image, patches centred on the whole-pixel point (cx, cy), cut from a canvas padded
-    with ``pad_value`` and area-resized, one at a time."""
+    """(k, C, g, g): for one image centred at pixel point (cx, cy), patch i of g·2^i pixels starts at the multiple
+    of 2^i nearest to the centre minus half the patch; cut from a canvas padded with ``pad_value``, area-resized."""
     chans, height, width = image.shape
     patches = []
     for i in range(num_scales):
         size = glimpse_size * 2 ** i
         canvas = pad_value.view(chans, 1, 1).repeat(1, height + 2 * size, width + 2 * size)
         canvas[:, size:size + height, size:size + width] = image
-        x0, y0 = cx - size // 2 + size, cy - size // 2 + size
+        x0 = round(cx / 2 ** i - glimpse_size / 2) * 2 ** i + size
+        y0 = round(cy / 2 ** i - glimpse_size / 2) * 2 ** i + size
         crop = canvas[:, y0:y0 + size, x0:x0 + size]
         patches.append(F.interpolate(crop[None], size=(glimpse_size, glimpse_size), mode="area")[0])
     return torch.stack(patches)
@@ -44,6 +45,11 @@ def reference_glimpse(image: torch.Tensor, cx: int, cy: int, glimpse_size: int, 
 
 def to_location(cx: float, cy: float, height: int, width: int) -> torch.Tensor:
     return torch.tensor([2 * cx / width - 1, 2 * cy / height - 1])
+
+
+def centre_of(loc: torch.Tensor, height: int, width: int) -> list[float]:
+    """The pixel point the sensor computes from ``loc`` (float32, so a .5 tie rounds as it does in the sensor)."""
+    return ((loc + 1) * torch.tensor([width, height]) / 2).tolist()
 
 
 # A non-square image, so that mixing up x and y fails.
@@ -62,21 +68,37 @@ def test_sensor_matches_per_image_reference(sensor):
     loc = torch.stack([to_location(cx, cy, HEIGHT, WIDTH) for cx, cy in CENTRES])
     out = sensor(images, loc)
     assert out.shape == (len(CENTRES), 3, 2, 4, 4)
-    for image, glimpse, (cx, cy) in zip(images, out, CENTRES):
-        torch.testing.assert_close(glimpse, reference_glimpse(image, cx, cy, 4, 3, sensor.pad_value),
-                                   atol=1e-5, rtol=0)
+    for image, glimpse, point in zip(images, out, loc):
+        torch.testing.assert_close(glimpse, reference_glimpse(image, *centre_of(point, HEIGHT, WIDTH), 4, 3,
+                                                              sensor.pad_value), atol=1e-5, rtol=0)
 
 
-def test_sensor_rounds_sub_pixel_centres_to_the_nearest_pixel(sensor):
+def test_sensor_places_each_patch_on_its_own_grid(sensor):
+    """Sub-pixel centres: patch i sits on the 2^i-pixel grid nearest the centre (the reference), so patch 0
+    follows the nearest pixel corner and the coarser ones move in steps of their own pixels."""
     torch.manual_seed(1)
     image = torch.randn(1, 2, HEIGHT, WIDTH)
-    for cx, cy in [(20, 15), (1, 34), (43, 0)]:
-        whole = sensor(image, to_location(cx, cy, HEIGHT, WIDTH)[None])
-        for dx, dy in [(0.3, 0.0), (0.0, -0.4), (0.45, 0.45)]:
-            torch.testing.assert_close(sensor(image, to_location(cx + dx, cy + dy, HEIGHT, WIDTH)[None]), whole)
-        next_pixel = sensor(image, to_location(cx + 1, cy, HEIGHT, WIDTH)[None])
-        torch.testing.assert_close(sensor(image, to_location(cx + 0.7, cy, HEIGHT, WIDTH)[None]), next_pixel)
-        assert not torch.equal(next_pixel, whole)
+    centres = [(cx + dx, cy + dy) for cx, cy in [(20, 15), (1, 34), (43, 0)]
+               for dx, dy in [(0.3, 0.0), (0.0, -0.4), (0.45, 0.45), (0.7, 0.0), (1.6, 2.9)]]
+    for cx, cy in centres:
+        point = to_location(cx, cy, HEIGHT, WIDTH)
+        torch.testing.assert_close(sensor(image, point[None])[0], reference_glimpse(
+            image[0], *centre_of(point, HEIGHT, WIDTH), 4, 3, sensor.pad_value), atol=1e-5, rtol=0)
+    finest = [sensor(image, to_location(20 + dx, 15, HEIGHT, WIDTH)[None])[0, 0] for dx in (0, 0.3, 0.7, 1)]
+    torch.testing.assert_close(finest[1], finest[0])
+    torch.testing.assert_close(finest[2], finest[3])
+    assert not torch.equal(finest[2], finest[0])
+
+
+def test_pyramid_levels_average_blocks_and_pad_odd_edges():
+    sensor = GlimpseSensor(glimpse_size=2, num_scales=3, in_chans=1, pad_value=-1.0)
+    image = torch.randn(2, 1, 7, 10)                                    # odd height: its last row meets padding
+    levels = sensor.pyramid(image)
+    assert [tuple(level.shape[-2:]) for level in levels] == [(7, 10), (4, 5), (2, 3)]
+    canvas = torch.full((2, 1, 8, 12), -1.0)
+    canvas[:, :, :7, :10] = image
+    torch.testing.assert_close(levels[1], F.avg_pool2d(canvas, 2)[..., :, :5])
+    torch.testing.assert_close(levels[2], F.avg_pool2d(canvas, 4))
 
 
 def test_sensor_axes_are_x_then_y():
