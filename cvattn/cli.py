@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"\nbest checkpoint: {best or '(none saved)'}")
         if last:
             print(f"last checkpoint: {last}")
-        if trainer.log_dir:
+        if trainer.loggers:   # not trainer.log_dir: a collective, which rank 1 no longer joins here
             print(f"metrics:         {log_dir / 'metrics.csv'}")
 
 

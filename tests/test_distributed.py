@@ -47,17 +47,17 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def train_on_two_processes(run: Path, config: Path, pythonpath: Path):
-    """Run train.py with ddp_spawn; a child killed by a signal (SIGABRT in gloo, about 1 try in 5 on this
-    machine) is retried once on a fresh port."""
+def train_on_two_processes(run: Path, config: Path, pythonpath: Path) -> str:
+    """Run train.py on two processes and return its standard output; a child killed by a signal (SIGABRT in gloo,
+    about 1 try in 5 on this machine) is retried once on a fresh port."""
     for attempt in (1, 2):
         process = train(run, "--config", str(config), pythonpath=(pythonpath,),
                         env_extra={"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())})
-        _, stderr = process.communicate(timeout=400)
+        stdout, stderr = process.communicate(timeout=400)
         killed = re.search(r"terminated with signal (SIG\w+)", stderr)
         if process.returncode == 0 or not killed:
             assert process.returncode == 0, stderr[-3000:]
-            return
+            return stdout
         if attempt == 2:
             pytest.fail(f"a DDP child process was killed by {killed.group(1)} on both tries:\n{stderr[-3000:]}")
 
@@ -95,6 +95,17 @@ def test_two_cpu_processes_sync_weights_and_reduce_metrics(tmp_path):
     assert float(logged["val/acc"]) == correct / 8
     assert float(logged["val/loss"]) == pytest.approx(sum(shard_losses) / 2, abs=1e-5)
     assert abs(float(logged["val/loss"]) - shard_losses[0]) > 1e-4      # not rank 0's shard alone
+
+
+def test_ddp_launching_its_own_processes_runs_to_the_end(tmp_path):
+    """``--trainer.strategy ddp`` starts rank 1 as a second ``train.py``; after the test, rank 0 alone prints the
+    run's paths, which must not wait on rank 1 (a collective there crashed rank 0 once rank 1 had exited)."""
+    images = write_image_folder(tmp_path / "images")
+    config = tiny_config(images, max_epochs=1, accelerator="cpu", devices=2, strategy="ddp")
+    stdout = train_on_two_processes(tmp_path, write_config(tmp_path / "tiny.yaml", config), tmp_path)
+    assert "metrics:" in stdout and "best checkpoint: " in stdout
+    with (tmp_path / "runs" / "tiny" / "version_0" / "metrics.csv").open(newline="") as file:
+        assert any(row["test/acc"] for row in csv.DictReader(file))
 
 
 def _model_args() -> dict:
