@@ -326,6 +326,8 @@ def test_bad_image_sizes():
         create_model("ram_60")(torch.randn(1, 3, 60, 60))
     with pytest.raises(ValueError, match="loc must be"):
         GlimpseSensor()(torch.randn(2, 1, 60, 60), torch.zeros(2, 3))
+    with pytest.raises(ValueError, match="3 levels of this sensor's pyramid"):
+        GlimpseSensor().read(GlimpseSensor(num_scales=2).pyramid(torch.randn(2, 1, 60, 60)), torch.zeros(2, 2))
 
 
 def test_bad_module_arguments():

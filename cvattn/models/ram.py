@@ -154,6 +154,9 @@ class GlimpseSensor(nn.Module):
 
     def read(self, levels: list[torch.Tensor], loc: torch.Tensor) -> torch.Tensor:
         """(B, k, C, g, g) glimpses at ``loc`` (B, 2) from the levels of ``pyramid``."""
+        if len(levels) != self.num_scales:
+            raise ValueError(f"read takes the {self.num_scales} levels of this sensor's pyramid(x); got "
+                             f"{len(levels)} level(s).")
         batch, chans, height, width = levels[0].shape
         if loc.shape != (batch, 2):
             raise ValueError(f"loc must be (B, 2) = ({batch}, 2) (x, y) in [-1, 1]; got {tuple(loc.shape)}.")
