@@ -21,7 +21,7 @@ Choices the paper leaves open, and deviations:
   g×g window of level i whose centre is nearest to l. So patch 0 is centred to the nearest pixel corner and patch i
   to within 2^(i-1) pixels: each patch is placed on its own grid, at its own resolution. No gradient flows to the
   location, so finer placement buys nothing, and the pyramid is built once per image for all T glimpses. One
-  ``gather`` per level reads the windows of the whole batch: 1.8× faster on a CPU than cutting the largest patch
+  ``gather`` per level reads the windows of the whole batch: 1.6-1.9× faster on a CPU than cutting the largest patch
   at the exact centre and pooling it, the sensor this replaced (bench/bench_glimpse.py), and a ram_60 training
   step 1.7× faster, since the pyramid serves all 8 glimpses.
 - Outside the image the sensor sees ``pad_value`` (one per channel): it should be the normalised background,
