@@ -288,6 +288,21 @@ def test_pad_value_comes_from_the_datamodule_and_is_saved(tmp_path):
     assert explicit.model.sensor.pad_value.tolist() == [0.25]
 
 
+def test_training_samples_several_trajectories_per_image():
+    torch.manual_seed(0)
+    module = tiny_module(train_samples=3, model_kwargs=dict(std=0.5))
+    module.log = lambda *args, **kwargs: None
+    seen = []
+    module.model.register_forward_hook(lambda model, args, output: seen.append((args[0], output[1])))
+    images, labels = torch.randn(4, 1, 28, 28), torch.randint(0, 4, (4,))
+    module.training_step((images, labels), 0)
+    (batch, trajectory), = seen
+    assert torch.equal(batch, images.repeat_interleave(3, 0))          # each image's 3 copies side by side
+    locations = trajectory.locations.view(4, 3, -1, 2)
+    for copies in locations:                                             # drawn independently for every copy
+        assert not torch.equal(copies[0], copies[1]) and not torch.equal(copies[1], copies[2])
+
+
 def test_monte_carlo_evaluation_averages_sampled_trajectories():
     images, labels = torch.randn(6, 1, 28, 28), torch.randint(0, 4, (6,))
     module = tiny_module(mc_samples=5, model_kwargs=dict(std=0.5)).eval()
@@ -337,6 +352,8 @@ def test_bad_module_arguments():
         RAMModule(optimizer="adamw")
     with pytest.raises(ValueError, match="mc_samples"):
         RAMModule(mc_samples=0)
+    with pytest.raises(ValueError, match="train_samples=0"):
+        RAMModule(train_samples=0)
 
 
 @pytest.mark.parametrize("config", sorted((ROOT / "configs").glob("ram_fashion_mnist_*.yaml")), ids=lambda p: p.stem)

@@ -50,6 +50,9 @@ class RAMModule(L.LightningModule):
         lr, momentum, weight_decay: optimiser settings.
         reinforce_weight: λ, the weight of the REINFORCE term.
         mc_samples: trajectories averaged per image at evaluation; 1 looks at the policy mean.
+        train_samples: M, trajectories sampled per image in training (the paper's REINFORCE estimator averages
+            over M episodes); each is one more forward and backward pass. On cluttered MNIST M = 4 learned faster
+            per epoch but slower per pass than M = 1 (docs/results.md).
         scheduler: ``'linear'`` (to 0 over training, the paper's), ``'cosine'`` or ``'none'``; per step.
     """
 
@@ -65,16 +68,17 @@ class RAMModule(L.LightningModule):
         weight_decay: float = 0.0,
         reinforce_weight: float = 1.0,
         mc_samples: int = 1,
+        train_samples: int = 1,
         scheduler: str = "linear",
     ):
         super().__init__()
         check_choice("optimizer", optimizer, OPTIMIZERS)
         check_choice("scheduler", scheduler, SCHEDULERS)
         check_positive("lr", lr)
-        if weight_decay < 0 or reinforce_weight < 0 or mc_samples < 1:
-            raise ValueError(f"weight_decay and reinforce_weight must be ≥ 0 and mc_samples ≥ 1; got "
-                             f"weight_decay={weight_decay}, reinforce_weight={reinforce_weight}, "
-                             f"mc_samples={mc_samples}.")
+        if weight_decay < 0 or reinforce_weight < 0 or mc_samples < 1 or train_samples < 1:
+            raise ValueError(f"weight_decay and reinforce_weight must be ≥ 0, mc_samples and train_samples ≥ 1; "
+                             f"got weight_decay={weight_decay}, reinforce_weight={reinforce_weight}, "
+                             f"mc_samples={mc_samples}, train_samples={train_samples}.")
         self.save_hyperparameters()
         self.model = create_model(model, num_classes=num_classes, in_chans=in_chans, **(model_kwargs or {}))
         if not isinstance(self.model, RecurrentAttention):
@@ -114,6 +118,9 @@ class RAMModule(L.LightningModule):
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         images, labels = batch[0], batch[1]
+        if self.hparams.train_samples > 1:
+            images = images.repeat_interleave(self.hparams.train_samples, 0)
+            labels = labels.repeat_interleave(self.hparams.train_samples, 0)
         terms = self.loss_terms(images, labels)
         loss = terms["ce"] + terms["baseline_mse"] + self.hparams.reinforce_weight * terms["reinforce"]
         if not torch.isfinite(loss):
