@@ -4,6 +4,7 @@
 temporary file in the same directory, flushed to disk and renamed over the target, so a run killed mid-write
 leaves either the old file or the new one, never half of one. Loading never unpickles arbitrary objects.
 ``check_checkpoint_fits`` turns Lightning's long key-mismatch error into one paragraph before training starts.
+``LastCheckpoint`` is the ``ModelCheckpoint`` that ``train.py`` configures: its ``last.ckpt`` is the newest state.
 ``ExactResume`` carries what Lightning's checkpoints lack for a bitwise resume: torch's global random state and
 the training loader's place in its epoch (every other piece of data randomness is a function of
 ``(seed, epoch, index)``, see ``cvattn.data.sampler``).
@@ -20,6 +21,7 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn as nn
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_warn
 
@@ -67,6 +69,32 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def load_checkpoint(self, path, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
         return load_checkpoint(path, map_location=map_location or "cpu")
+
+
+class LastCheckpoint(ModelCheckpoint):
+    """Lightning's ``ModelCheckpoint`` with ``last.ckpt`` rewritten at every checkpoint event, best or not.
+
+    Since Lightning 2.6 ``save_last=True`` writes ``last.ckpt`` only when a top-k checkpoint is written at the same
+    step, so with a monitored metric ``last.ckpt`` is the best epoch, and ``--ckpt_path last`` silently dropped every
+    epoch trained since (found in a 100-epoch run: epochs 51-54 missing from ``last.ckpt``). This restores the
+    earlier meaning: after each validation (or each training epoch, when the callback saves there) the newest state
+    is in ``last.ckpt``. The same arguments as ``ModelCheckpoint``.
+    """
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if not self._should_save_on_train_epoch_end(trainer):
+            self._save_last_if_missed(trainer)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if self._should_save_on_train_epoch_end(trainer):
+            self._save_last_if_missed(trainer)
+
+    def _save_last_if_missed(self, trainer: L.Trainer) -> None:
+        # Skipped when this step was already saved (then last.ckpt was written with it), and outside fitting.
+        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
 
 def state_dict_differences(saved: dict[str, Any], expected: dict[str, Any]) -> tuple[list[str], ...]:

@@ -5,7 +5,8 @@
 Every key of the YAML can be overridden on the command line. ``data.num_classes`` and ``data.in_chans`` are linked
 into the model, so a config states them once (in the datamodule). Runs log to ``runs/<config name>/version_N``
 (CSV metrics, the resolved config, ``checkpoints/`` with the best and the last checkpoint); the ``checkpoint``
-section configures that ``ModelCheckpoint``, e.g. ``checkpoint: {every_n_train_steps: 500}``.
+section configures that ``ModelCheckpoint`` (``cvattn.checkpoint.LastCheckpoint``, whose ``last.ckpt`` is always the
+newest state), e.g. ``checkpoint: {every_n_train_steps: 500}``.
 
 ``--ckpt_path last`` resumes from the newest ``version_N`` of the config that holds a ``last.ckpt`` and goes on
 logging into it; on CPU the resumed run ends bitwise where an uninterrupted one would (docs/distributed.md).
@@ -32,26 +33,25 @@ from pathlib import Path
 from typing import NoReturn
 
 import lightning as L
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
-from cvattn.checkpoint import ExactResume, check_checkpoint_fits, load_checkpoint
+from cvattn.checkpoint import ExactResume, LastCheckpoint, check_checkpoint_fits, load_checkpoint
 
 # Errors that mean "the input is wrong", reported as one paragraph; anything else is a bug and keeps its traceback.
 INPUT_ERRORS = (ValueError, OSError, FloatingPointError, MisconfigurationException)
 # Config sections that jsonargparse reports as "Group '<name>' does not accept option ...", and what they configure.
-GROUPS = {"trainer": L.Trainer, "checkpoint": ModelCheckpoint}
+GROUPS = {"trainer": L.Trainer, "checkpoint": LastCheckpoint}
 
 
 class CvattnCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument("--ckpt_path", type=str | None, default=None,
                             help="Resume from this checkpoint; 'last' resumes the newest run of this config.")
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(LastCheckpoint, "checkpoint")
         parser.set_defaults({"checkpoint.monitor": "val/acc", "checkpoint.mode": "max", "checkpoint.save_last": True,
                              "checkpoint.auto_insert_metric_name": False,
                              "checkpoint.filename": "epoch={epoch}-val_acc={val/acc:.4f}"})

@@ -11,12 +11,14 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
+import lightning as L
 import pytest
 import torch
+from torch.utils.data import DataLoader, TensorDataset
 from test_cli import tiny_config, train, write_config, write_image_folder
 
 import cvattn.checkpoint
-from cvattn.checkpoint import AtomicCheckpointIO, ExactResume, check_checkpoint_fits
+from cvattn.checkpoint import AtomicCheckpointIO, ExactResume, LastCheckpoint, check_checkpoint_fits
 
 PAUSE_AT_STEP = '''
 import time
@@ -166,6 +168,36 @@ def test_interrupted_save_leaves_the_old_checkpoint_and_no_temporary_file(tmp_pa
     monkeypatch.undo()
     AtomicCheckpointIO().save_checkpoint({"step": torch.tensor(3)}, target)
     assert AtomicCheckpointIO().load_checkpoint(target)["step"] == 3
+
+
+class WorseningModel(L.LightningModule):
+    """Trains a linear layer; its logged val/acc falls every epoch, so only the first epoch is ever the best."""
+
+    def __init__(self):
+        super().__init__()
+        self.layer = torch.nn.Linear(2, 1)
+
+    def training_step(self, batch, batch_idx):
+        return self.layer(batch[0]).square().mean()
+
+    def validation_step(self, batch, batch_idx):
+        self.log("val/acc", 1.0 - 0.1 * self.current_epoch)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_last_checkpoint_holds_the_newest_epoch_when_the_metric_gets_worse(tmp_path):
+    loader = DataLoader(TensorDataset(torch.randn(8, 2)), batch_size=4)
+    checkpoint = LastCheckpoint(dirpath=tmp_path, monitor="val/acc", mode="max", save_last=True)
+    trainer = L.Trainer(max_epochs=3, callbacks=[checkpoint], logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, default_root_dir=tmp_path)
+    model = WorseningModel()
+    trainer.fit(model, loader, loader)
+    last = torch.load(tmp_path / "last.ckpt", weights_only=True)
+    assert last["epoch"] == 2 and last["global_step"] == 6
+    assert torch.equal(last["state_dict"]["layer.weight"], model.layer.weight)
+    assert torch.load(checkpoint.best_model_path, weights_only=True)["epoch"] == 0
 
 
 def test_checkpoint_of_another_model_names_the_keys():
