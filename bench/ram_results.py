@@ -2,15 +2,16 @@
 
     python bench/ram_results.py --out docs/results_ram.md [--epochs 50] [--conv-epochs N] [--conv-width 64] [--seeds 0 1 2]
         [--limit-train-batches 1.0] [--limit-eval-batches 1.0] [--datasets fashion_mnist mnist] [--accelerator auto]
-        [--jobs 1] [--num-scales 3]
+        [--jobs 1] [--num-scales 3] [--conv-models conv_fc_baseline convnet2]
 
 Side by side on the same data (the same canvases for a given seed): RAM with 4, 6 and 8 glimpses, RAM with 8
-random glimpses (the policy control: a trained policy must clearly beat it) and the ``convnet2`` baseline of
-about the same size. Mnih et al. 2014 (MNIST, shared/reference.md): RAM 8 glimpses 4.04%, conv 8.09%, random
+random glimpses (the policy control: a trained policy must clearly beat it) and two conv baselines: the paper's
+own (``conv_fc_baseline``: one 10×10 conv of stride 5 and 256 hidden units, about the RAM's size) and the much
+stronger ``convnet2``. Mnih et al. 2014 (MNIST, shared/reference.md): RAM 8 glimpses 4.04%, conv 8.09%, random
 glimpses 14.4%. MNIST runs only where its IDX files are found; Fashion-MNIST always.
 
-Every row is one ``train.py`` run of ``configs/ram_fashion_mnist_60_cluttered.yaml`` (RAM) or
-``configs/ram_fashion_mnist_60_cluttered_convnet2.yaml`` (conv) with the overrides the script prints, so any row
+Every row is one ``train.py`` run of ``configs/ram_fashion_mnist_60_cluttered.yaml`` (RAM) or the conv model's
+``configs/ram_fashion_mnist_60_cluttered_{conv_fc,convnet2}.yaml`` with the overrides the script prints, so any row
 can be reproduced alone. The test error is that of the best-validation checkpoint, looking at the policy mean
 (no Monte-Carlo averaging). "On object" is the fraction of test images whose last glimpse is centred inside the
 object's box (``final_glimpse_hit_rate``).
@@ -36,12 +37,14 @@ from cvattn.models import create_model
 from cvattn.models.ram import final_glimpse_hit_rate
 
 RAM_CONFIG = "configs/ram_fashion_mnist_60_cluttered.yaml"
-CONV_CONFIG = "configs/ram_fashion_mnist_60_cluttered_convnet2.yaml"
+CONV_CONFIGS = {"conv_fc_baseline": "configs/ram_fashion_mnist_60_cluttered_conv_fc.yaml",
+                "convnet2": "configs/ram_fashion_mnist_60_cluttered_convnet2.yaml"}
 DATASETS = {"fashion_mnist": FashionMNISTDataModule, "mnist": MNISTDataModule}
 CANVAS_SIZE, NUM_DISTRACTORS = 60, 4
 
 
-def runs(glimpses: list[int], num_scales: int, conv_width: int) -> list[tuple[str, str, str, dict]]:
+def runs(glimpses: list[int], num_scales: int, conv_models: list[str],
+         conv_width: int) -> list[tuple[str, str, str, dict]]:
     """(label, config, model name, model_kwargs) of every compared model."""
     scales = f", {num_scales} scales" if num_scales != 3 else ""
     ram = [(f"RAM, {n} glimpses{scales}", RAM_CONFIG, "ram_60", {"num_glimpses": n, "num_scales": num_scales})
@@ -49,8 +52,8 @@ def runs(glimpses: list[int], num_scales: int, conv_width: int) -> list[tuple[st
     return ram + [
         (f"RAM, {max(glimpses)} random glimpses{scales}", RAM_CONFIG, "ram_60",
          {"num_glimpses": max(glimpses), "num_scales": num_scales, "random_glimpses": True}),
-        (f"convnet2 (width {conv_width})", CONV_CONFIG, "convnet2", {"width": conv_width}),
-    ]
+    ] + [(f"convnet2 (width {conv_width})", CONV_CONFIGS[name], name, {"width": conv_width}) if name == "convnet2"
+         else ("conv_fc_baseline (the paper's)", CONV_CONFIGS[name], name, {}) for name in conv_models]
 
 
 def dataset_found(name: str) -> bool:
@@ -104,7 +107,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="markdown file to write the table to")
     parser.add_argument("--epochs", type=int, default=50)
     parser.add_argument("--conv-epochs", type=int, help="epochs of the conv baseline (default: --epochs; 0: no conv row)")
-    parser.add_argument("--conv-width", type=int, default=64, help="64: about as many parameters as ram_60")
+    parser.add_argument("--conv-models", nargs="*", default=list(CONV_CONFIGS), choices=list(CONV_CONFIGS),
+                        help="conv baselines to train beside the RAM (none: no conv row)")
+    parser.add_argument("--conv-width", type=int, default=64, help="convnet2's; 64: about as many parameters as ram_60")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--glimpses", type=int, nargs="+", default=[4, 6, 8])
     parser.add_argument("--num-scales", type=int, default=3, help="patches per glimpse (the paper's 60×60: 3)")
@@ -123,7 +128,8 @@ def main() -> None:
     skipped = sorted(set(args.datasets) - set(datasets))
     env, parallel = split_threads(args.jobs)
     jobs = [(dataset, seed, *run) for dataset in datasets for seed in args.seeds
-            for run in runs(args.glimpses, args.num_scales, args.conv_width) if run[2].startswith("ram") or args.conv_epochs != 0]
+            for run in runs(args.glimpses, args.num_scales, args.conv_models, args.conv_width)
+            if run[2].startswith("ram") or args.conv_epochs != 0]
 
     def train(job: tuple) -> str:
         dataset, seed, label, config, model, model_kwargs = job
@@ -165,7 +171,8 @@ def main() -> None:
         f"hardware: {hardware(args.accelerator)}"
         + parallel
         + f"; torch {torch.__version__}.",
-        f"Command: `python bench/ram_results.py {' '.join(sys.argv[1:])}`. Configs: `{RAM_CONFIG}`, `{CONV_CONFIG}`.",
+        f"Command: `python bench/ram_results.py {' '.join(sys.argv[1:])}`. Configs: `{RAM_CONFIG}`, "
+        + ", ".join(f"`{CONV_CONFIGS[name]}`" for name in args.conv_models) + ".",
         "Paper (Mnih et al. 2014, cluttered 60×60 MNIST): RAM 8 glimpses 4.04%, conv baseline 8.09%, "
         "8 random glimpses 14.4% error.",
     ]

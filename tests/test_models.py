@@ -104,3 +104,18 @@ def test_a_misspelt_model_argument_suggests_the_right_one(name, typo, suggestion
     with pytest.raises(ValueError, match=rf"Model '{name}' does not take the argument '{typo}'. Did you mean "
                                          rf"'{suggestion}'"):
         cvattn.create_model(name, **{typo: 1})
+
+
+def test_conv_fc_baseline_is_mnih_2014s():
+    """One conv of 8 10×10 filters with stride 5 (no padding: 60 → 11), 256 hidden units, a classifier."""
+    model = cvattn.create_model("conv_fc_baseline", num_classes=10, in_chans=1).eval()
+    assert (model.conv.weight.shape, model.conv.stride, model.conv.padding) == ((8, 1, 10, 10), (5, 5), (0, 0))
+    assert (model.fc.in_features, model.fc.out_features) == (8 * 11 * 11, 256)
+    assert sum(p.numel() for p in model.parameters()) == 251_442
+    x = torch.randn(2, 1, 60, 60)
+    torch.testing.assert_close(model.forward_head(model.forward_features(x)), model(x))
+    assert model.forward_head(model.forward_features(x), pre_logits=True).shape == (2, 256)
+    with pytest.raises(ValueError, match=r"\(B, 1, 60, 60\).*\(2, 1, 28, 28\)"):
+        model(torch.randn(2, 1, 28, 28))
+    with pytest.raises(ValueError, match="img_size=8 is smaller than kernel_size=10"):
+        cvattn.create_model("conv_fc_baseline", img_size=8)

@@ -363,7 +363,7 @@ def test_configs_build(config, tmp_path):
     cli = CvattnCLI(L.LightningModule, L.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
                     run=False, args=["--config", str(config), "--trainer.logger", "false",
                                      f"--trainer.default_root_dir={tmp_path}"])
-    assert isinstance(cli.model, ImageClassifier if "convnet2" in config.stem else RAMModule)
+    assert isinstance(cli.model, ImageClassifier if "conv" in config.stem else RAMModule)
     size = cli.datamodule.image_size
     logits = cli.model.model(torch.zeros(2, 1, *size))
     assert logits.shape == (2, cli.datamodule.num_classes)

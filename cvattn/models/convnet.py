@@ -1,8 +1,13 @@
-"""A small convolutional network: two conv blocks, global average pooling, a linear classifier.
+"""Small convolutional networks: the baselines beside the attention models.
 
-The "2 Conv + pooling" baseline of the Fashion-MNIST benchmark table and the conv baseline beside the recurrent
-attention model; with ``attn_layer`` it is also the quickstart attention CNN. Each block is
+``convnet2``: two conv blocks, global average pooling, a linear classifier; the "2 Conv + pooling" baseline of the
+Fashion-MNIST benchmark table, and with ``attn_layer`` the quickstart attention CNN. Each block is
 conv 3×3 → BN → ReLU → conv 3×3 → BN → attention → ReLU → 2×2 max-pool.
+
+``conv_fc_baseline``: the "Convolutional, 2 layers" baseline of Mnih et al. 2014 (Recurrent Models of Visual
+Attention) on the translated and cluttered canvases: one layer of 8 filters of 10×10 with stride 5, ReLU, a fully
+connected layer of 256 ReLU units, a linear classifier. The paper gives no padding, so the convolution has none
+(60×60 → 11×11); 251k parameters at 60×60, about as many as ``ram_60`` (257k).
 """
 from __future__ import annotations
 
@@ -64,3 +69,45 @@ class ConvNet(nn.Module):
 def convnet2(**kwargs) -> ConvNet:
     """Two conv blocks (32 and 64 channels by default); ``attn_layer`` adds attention to each."""
     return ConvNet(**kwargs)
+
+
+class ConvFCBaseline(nn.Module):
+    """One strided convolution, ReLU, one hidden fully connected layer, ReLU, a linear classifier.
+
+    Args:
+        num_classes, in_chans: classes and image channels.
+        img_size: the (square) input size, which sets the hidden layer's input width.
+        filters, kernel_size, stride: the convolution (paper: 8, 10, 5).
+        hidden: the fully connected layer's width (paper: 256).
+    """
+
+    def __init__(self, num_classes: int = 10, in_chans: int = 1, img_size: int = 60, filters: int = 8,
+                 kernel_size: int = 10, stride: int = 5, hidden: int = 256):
+        super().__init__()
+        if img_size < kernel_size:
+            raise ValueError(f"img_size={img_size} is smaller than kernel_size={kernel_size}; the convolution has "
+                             f"no padding, so images must be at least {kernel_size} pixels wide.")
+        self.in_chans, self.img_size = in_chans, img_size
+        self.conv = nn.Conv2d(in_chans, filters, kernel_size, stride=stride)
+        side = (img_size - kernel_size) // stride + 1
+        self.fc = nn.Linear(filters * side * side, hidden)
+        self.num_features = hidden
+        self.head = nn.Linear(hidden, num_classes)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 4 or x.shape[1:] != (self.in_chans, self.img_size, self.img_size):
+            raise ValueError(f"ConvFCBaseline was built for (B, {self.in_chans}, {self.img_size}, {self.img_size}) "
+                             f"images (in_chans, img_size); got a tensor of shape {tuple(x.shape)}.")
+        return torch.relu(self.fc(torch.relu(self.conv(x)).flatten(1)))   # (B, hidden)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+@register_model
+def conv_fc_baseline(**kwargs) -> ConvFCBaseline:
+    """Mnih et al. 2014's conv baseline: 8 filters of 10×10, stride 5, then 256 hidden units (60×60 input)."""
+    return ConvFCBaseline(**kwargs)
