@@ -47,13 +47,14 @@ def runs(glimpses: list[int], num_scales: int, conv_models: list[str],
          conv_width: int) -> list[tuple[str, str, str, dict]]:
     """(label, config, model name, model_kwargs) of every compared model."""
     scales = f", {num_scales} scales" if num_scales != 3 else ""
+    conv_rows = {"conv_fc_baseline": ("conv_fc_baseline (the paper's)", {}),
+                 "convnet2": (f"convnet2 (width {conv_width})", {"width": conv_width})}
     ram = [(f"RAM, {n} glimpses{scales}", RAM_CONFIG, "ram_60", {"num_glimpses": n, "num_scales": num_scales})
            for n in glimpses]
     return ram + [
         (f"RAM, {max(glimpses)} random glimpses{scales}", RAM_CONFIG, "ram_60",
          {"num_glimpses": max(glimpses), "num_scales": num_scales, "random_glimpses": True}),
-    ] + [(f"convnet2 (width {conv_width})", CONV_CONFIGS[name], name, {"width": conv_width}) if name == "convnet2"
-         else ("conv_fc_baseline (the paper's)", CONV_CONFIGS[name], name, {}) for name in conv_models]
+    ] + [(conv_rows[name][0], CONV_CONFIGS[name], name, conv_rows[name][1]) for name in conv_models]
 
 
 def dataset_found(name: str) -> bool:
