@@ -50,11 +50,11 @@ def cbam_convnet() -> nn.Module:
     return lively(cvattn.create_model("convnet2", num_classes=5, in_chans=1, width=8, attn_layer="cbam"))
 
 
-def tiny_vit(depth: int = 2) -> VisionTransformer:
+def tiny_vit(depth: int = 2, global_pool: str = "token") -> VisionTransformer:
     """Larger Q/K weights than timm's init, so attention is peaked rather than nearly uniform."""
     torch.manual_seed(0)
     model = VisionTransformer(img_size=16, patch_size=4, in_chans=1, num_classes=5, embed_dim=16, depth=depth,
-                              num_heads=2)
+                              num_heads=2, global_pool=global_pool)
     for block in model.blocks:
         nn.init.normal_(block.attn.qkv.weight, std=0.5)
     return model.eval()
@@ -290,6 +290,21 @@ def test_rollout_multiplies_layers_in_order():
     rollout = layers[2] @ layers[1] @ layers[0]
     torch.testing.assert_close(saliency(model, x, "rollout"), upsampled(rollout[:, 0, 1:].reshape(3, 4, 4)))
     assert not torch.allclose(saliency(model, x, "rollout"), saliency(model, x, "attention"))
+
+
+def test_avg_pooled_vit_maps_read_the_mean_patch_row():
+    """With global_pool='avg' the head reads the mean of the patch tokens, not the class token: each map is the
+    mean of the patch rows."""
+    model, x = tiny_vit(depth=3, global_pool="avg"), images()
+    _, attn = model.forward_attention(x)
+    eye = torch.eye(attn.shape[-1])
+    layers = [(a + eye) / (a + eye).sum(-1, keepdim=True) for a in attn.detach().mean(2).unbind(1)]
+    rollout = layers[2] @ layers[1] @ layers[0]
+    patch_rows = rollout[:, 1:, 1:].mean(1).reshape(3, 4, 4)
+    torch.testing.assert_close(saliency(model, x, "rollout"), upsampled(patch_rows))
+    assert not torch.allclose(saliency(model, x, "rollout"), upsampled(rollout[:, 0, 1:].reshape(3, 4, 4)))
+    last = attn.detach()[:, -1].mean(1)
+    torch.testing.assert_close(saliency(model, x, "attention"), upsampled(last[:, 1:, 1:].mean(1).reshape(3, 4, 4)))
 
 
 def test_one_layer_gradient_rollout_is_the_weighted_attention():

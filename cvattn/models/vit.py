@@ -196,6 +196,8 @@ class VisionTransformer(nn.Module):
         # attn: (batch, depth, num_heads, tokens, tokens), rows sum to 1, tokens = 1 + H/p · W/p
         # token 0 is the class token (model.num_prefix_tokens == 1); token 1 + r·W/p + c is patch (r, c)
         cls_to_patches = attn[:, -1, :, 0, model.num_prefix_tokens:]        # (B, heads, H/p · W/p)
+        # with global_pool='avg' the head reads the patch tokens' mean instead: average their rows,
+        # attn[:, -1, :, 1:, 1:].mean(-2) (cvattn.saliency's 'attention' map does so)
         grid = model.grid_size_for(images.shape[-2:])                        # (H/p, W/p) of *this* input
         heatmap = cls_to_patches.mean(1).reshape(-1, *grid)
 
