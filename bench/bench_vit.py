@@ -9,7 +9,7 @@ The two sides run back to back in rounds (A B, then B A, ...); each round gives 
 ratios is reported: a slow phase of a shared machine then hits both sides of a ratio alike.
 
     python bench/bench_vit.py                  # CPU: vit_tiny_patch4_28 at batch 128, vit_tiny_patch16_224 at 8
-    python bench/bench_vit.py --device cuda --rounds 30
+    python bench/bench_vit.py --device cuda --warmup 5 --rounds 30 --batches 512 256 --autocast bfloat16
 """
 from __future__ import annotations
 
@@ -76,14 +76,21 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads; 1 by default because on a machine shared with other work, threads "
                              "waiting for each other time the scheduler rather than the model")
+    parser.add_argument("--batches", type=int, nargs=len(CASES), default=None, metavar="N",
+                        help="batch size of each case (default: %s); a GPU needs larger ones to be measured rather "
+                             "than its kernel launches" % " ".join(str(case[1]) for case in CASES))
+    parser.add_argument("--autocast", choices=["float32", "bfloat16"], default="float32",
+                        help="bfloat16: run both models under torch.autocast, as mixed-precision training does")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     print(f"torch {torch.__version__}, device {device}, {torch.get_num_threads()} CPU threads, "
-          f"{args.warmup} warm-up round(s); medians")
+          f"{args.warmup} warm-up round(s), autocast {args.autocast}; medians")
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.autocast == "bfloat16")
 
-    for name, batch, rounds, config in CASES:
+    for case_index, (name, batch, rounds, config) in enumerate(CASES):
         rounds = args.rounds or rounds
+        batch = args.batches[case_index] if args.batches else batch
         torch.manual_seed(0)
         ours = VisionTransformer(**config).to(device)
         theirs = TimmViT(**config).to(device)
@@ -92,13 +99,14 @@ def main() -> None:
         labels = torch.randint(0, config["num_classes"], (batch,), device=device)
 
         ours.train(), theirs.train()
-        t_ours, t_timm, ratio = compare(training_step(ours, images, labels), training_step(theirs, images, labels),
-                                        args.warmup, rounds, device)
+        with autocast:
+                t_ours, t_timm, ratio = compare(training_step(ours, images, labels),
+                                            training_step(theirs, images, labels), args.warmup, rounds, device)
         print(f"{name} batch {batch}, {rounds} rounds, train step: cvattn {t_ours * 1e3:.1f} ms, timm {t_timm * 1e3:.1f} ms, "
               f"timm/cvattn {ratio:.3f} (target >= 1.0)")
 
         ours.eval()
-        with torch.no_grad():
+        with torch.no_grad(), autocast:
             t_forward, t_attention, ratio = compare(lambda: ours(images), lambda: ours.forward_attention(images),
                                                     args.warmup, rounds, device)
         print(f"{name} batch {batch}, {rounds} rounds, inference: forward {t_forward * 1e3:.1f} ms, forward_attention "
