@@ -3,7 +3,8 @@
 #   1. the speed benchmarks on CUDA: ViT train step against timm and the cost of the attention maps (float32 and
 #      bfloat16 autocast, batches sized for a GPU and the CPU defaults), the glimpse sensor against its loop;
 #   2. ViT trainings on Fashion-MNIST side by side (one 0.8M-parameter ViT leaves the GPU mostly idle, so three
-#      runs at once take little longer than one). Each stops at MAX_TIME if unfinished and then tests its best
+#      runs at once take little longer than one): the config at seeds 0 and 1, and with the class token as input
+#      of the head (global_pool: token) instead of the mean of the patch tokens. Each stops at MAX_TIME if unfinished and then tests its best
 #      checkpoint; the cosine schedule is then cut short, which the log's last epoch shows.
 #
 #   bash bench/gpu_checks.sh OUT_DIR            # EPOCHS=100 MAX_TIME=00:00:07:15 PYTHON=python3 by default
@@ -37,10 +38,10 @@ train() {  # NAME, then arguments added to the config's
 start=$(date +%s)
 train vit_seed0 &
 train vit_seed1 --seed_everything 1 &
-train vit_gap_seed0 --model.init_args.model_kwargs "{$model, global_pool: avg}" &
+train vit_token_seed0 --model.init_args.model_kwargs "{$model, global_pool: token}" &
 wait
 echo "trainings: $(( $(date +%s) - start )) s" | tee -a "$summary"
-for name in vit_seed0 vit_seed1 vit_gap_seed0; do
+for name in vit_seed0 vit_seed1 vit_token_seed0; do
   echo "== $name: epochs done $(tail -1 "$logs/$name"/version_0/metrics.csv | cut -d, -f1)"
   grep -E "test/|rror" "$logs/$name.log"
 done 2>&1 | tee -a "$summary"
