@@ -4,13 +4,14 @@
 #      bfloat16 autocast, batches sized for a GPU and the CPU defaults), the glimpse sensor against its loop;
 #   2. ViT trainings on Fashion-MNIST side by side (one 0.8M-parameter ViT leaves the GPU mostly idle, so three
 #      runs at once take little longer than one): the config at seeds 0 and 1, and with the class token as input
-#      of the head (global_pool: token) instead of the mean of the patch tokens. Each stops at MAX_TIME if unfinished and then tests its best
-#      checkpoint; the cosine schedule is then cut short, which the log's last epoch shows.
+#      of the head (global_pool: token) instead of the mean of the patch tokens. Each stops at MAX_TIME if
+#      unfinished and then tests its best checkpoint; its cosine schedule is then cut short, as "epochs done" shows.
 #
 #   bash bench/gpu_checks.sh OUT_DIR            # EPOCHS=100 MAX_TIME=00:00:07:15 PYTHON=python3 by default
 #
 # OUT_DIR gets summary.txt (benchmarks, then each run's test metrics), runs.tar.gz (each run's log, config and
-# metrics.csv) and the first run's best checkpoint. The data are read from data/ (the Fashion-MNIST IDX files).
+# metrics.csv) and the first run's best checkpoint. Fashion-MNIST is read as train.py reads it
+# (data/, then /usr/share/datasets/fashion-mnist).
 set -u
 out=${1:?usage: bash bench/gpu_checks.sh OUT_DIR}
 python=${PYTHON:-python3}; epochs=${EPOCHS:-100}; max_time=${MAX_TIME:-00:00:07:15}
