@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import re
 import socket
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -53,7 +54,12 @@ def train_on_two_processes(run: Path, config: Path, pythonpath: Path) -> str:
     for attempt in (1, 2):
         process = train(run, "--config", str(config), pythonpath=(pythonpath,),
                         env_extra={"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())})
-        stdout, stderr = process.communicate(timeout=400)
+        try:
+            stdout, stderr = process.communicate(timeout=400)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            pytest.fail(f"train.py on two processes did not end within 400 s (a rank waiting in a collective the "
+                        f"other never joins?):\n{process.communicate()[1][-3000:]}")
         killed = re.search(r"terminated with signal (SIG\w+)", stderr)
         if process.returncode == 0 or not killed:
             assert process.returncode == 0, stderr[-3000:]
@@ -99,11 +105,15 @@ def test_two_cpu_processes_sync_weights_and_reduce_metrics(tmp_path):
 
 def test_ddp_launching_its_own_processes_runs_to_the_end(tmp_path):
     """``--trainer.strategy ddp`` starts rank 1 as a second ``train.py``; after the test, rank 0 alone prints the
-    run's paths, which must not wait on rank 1 (a collective there crashed rank 0 once rank 1 had exited)."""
+    run's paths, which must not wait on rank 1 (a collective there crashed rank 0 once rank 1 had exited). Rank 0
+    alone draws the saliency figure, and no rank waits for the other in a collective on the way (``trainer.log_dir``
+    read by rank 0 alone hung the run)."""
     images = write_image_folder(tmp_path / "images")
-    config = tiny_config(images, max_epochs=1, accelerator="cpu", devices=2, strategy="ddp")
+    saliency = {"class_path": "cvattn.lightning.SaliencyCallback", "init_args": {"num_images": 2, "methods": ["gradcam"]}}
+    config = tiny_config(images, max_epochs=1, accelerator="cpu", devices=2, strategy="ddp", callbacks=[saliency])
     stdout = train_on_two_processes(tmp_path, write_config(tmp_path / "tiny.yaml", config), tmp_path)
     assert "metrics:" in stdout and "best checkpoint: " in stdout
+    assert (tmp_path / "runs" / "tiny" / "version_0" / "saliency" / "epoch=0.png").stat().st_size > 0
     with (tmp_path / "runs" / "tiny" / "version_0" / "metrics.csv").open(newline="") as file:
         assert any(row["test/acc"] for row in csv.DictReader(file))
 

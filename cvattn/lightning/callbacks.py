@@ -54,12 +54,12 @@ class SaliencyCallback(L.Callback):
                                  f"methods that do: {', '.join(available_methods(model))}.")
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking or not trainer.is_global_zero:
+        if trainer.sanity_checking or (trainer.current_epoch + 1) % self.every_n_epochs:
             return
-        if (trainer.current_epoch + 1) % self.every_n_epochs:
-            return
-        figure = self.figure(trainer, pl_module)
-        self._log(trainer, figure)
+        # trainer.log_dir is a collective (rank 0 broadcasts it): every rank reads it, or rank 0 waits for the others.
+        folder = Path(trainer.log_dir or trainer.default_root_dir) / "saliency"
+        if trainer.is_global_zero:
+            self._log(trainer, self.figure(trainer, pl_module), folder)
 
     def _fixed_batch(self, trainer: L.Trainer) -> list[torch.Tensor]:
         if self._batch is None:
@@ -80,7 +80,7 @@ class SaliencyCallback(L.Callback):
                              boxes[0] if boxes else None, getattr(datamodule, "mean", None),
                              getattr(datamodule, "std", None))
 
-    def _log(self, trainer: L.Trainer, figure: Figure) -> None:
+    def _log(self, trainer: L.Trainer, figure: Figure, folder: Path) -> None:
         logged = False
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
@@ -91,6 +91,5 @@ class SaliencyCallback(L.Callback):
                 continue
             logged = True
         if not logged:
-            folder = Path(trainer.log_dir or trainer.default_root_dir) / "saliency"
             folder.mkdir(parents=True, exist_ok=True)
             figure.savefig(folder / f"epoch={trainer.current_epoch}.png", dpi=100)
