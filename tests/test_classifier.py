@@ -1,5 +1,10 @@
-"""ImageClassifier: argument checks and optimiser parameter groups."""
+"""ImageClassifier: argument checks, optimiser parameter groups and the learning-rate schedule."""
+import math
+
+import lightning as L
 import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
 
 from cvattn.lightning import ImageClassifier
 
@@ -21,7 +26,30 @@ def test_weight_decay_skips_norms_biases_and_the_models_no_weight_decay():
     (dict(scheduler="step"), r"Unknown scheduler 'step'"),
     (dict(lr=0.0), r"lr must be > 0, got 0.0"),
     (dict(label_smoothing=1.0), r"label_smoothing=1.0"),
+    (dict(scheduler="onecycle", warmup_epochs=2), r"warmup_epochs=2 applies to scheduler 'cosine' only"),
 ])
 def test_bad_arguments_name_the_value(kwargs, message):
     with pytest.raises(ValueError, match=message):
         ImageClassifier("convnet2", num_classes=10, in_chans=1, **kwargs)
+
+
+class RecordLearningRate(L.Callback):
+    def __init__(self):
+        self.lrs = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+
+def test_warmup_lasts_warmup_epochs_of_the_loader_when_max_steps_ends_the_run():
+    """4 batches an epoch, warm-up 1 epoch, the run cut by max_steps=7 of max_epochs=5: 4 warm-up steps, then the
+    cosine over the 3 left (a share of max_steps, total_steps / max_epochs, would warm up for 1 step)."""
+    torch.manual_seed(0)
+    data = DataLoader(TensorDataset(torch.randn(16, 1, 8, 8), torch.randint(0, 2, (16,))), batch_size=4)
+    module = ImageClassifier("convnet2", {"width": 4}, num_classes=2, in_chans=1, lr=0.1, warmup_epochs=1)
+    record = RecordLearningRate()
+    trainer = L.Trainer(max_epochs=5, max_steps=7, logger=False, enable_checkpointing=False, callbacks=[record],
+                        enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
+    trainer.fit(module, data)
+    expected = [0.1 * (step + 1) / 4 for step in range(4)] + [0.05 * (1 + math.cos(math.pi * k / 3)) for k in range(3)]
+    assert record.lrs == pytest.approx(expected)

@@ -39,7 +39,10 @@ class ImageClassifier(L.LightningModule):
         optimizer: ``'sgd'`` (Nesterov momentum) or ``'adamw'``.
         lr, weight_decay, momentum: optimiser settings; weight decay skips biases, norms and the parameters
             named by the model's ``no_weight_decay()`` (ViT: position embeddings, class token).
-        scheduler: ``'cosine'`` (per step, after ``warmup_epochs`` of linear warm-up), ``'onecycle'`` or ``'none'``.
+        scheduler: ``'cosine'`` (per step, after ``warmup_epochs`` of linear warm-up, whole or fractional epochs
+            of the training loader, at most the whole run), ``'onecycle'`` (torch's ``OneCycleLR`` with its
+            defaults: it also cycles the momentum, or AdamW's β1, between 0.85 and 0.95, in place of ``momentum``)
+            or ``'none'``.
         label_smoothing: cross-entropy label smoothing.
         channels_last: train with the ``channels_last`` memory format (faster convolutions on GPUs).
         compile: compile the model's forward with ``torch.compile`` (in place: checkpoint keys do not change).
@@ -69,6 +72,9 @@ class ImageClassifier(L.LightningModule):
             raise ValueError(f"weight_decay and warmup_epochs must be ≥ 0 and label_smoothing in [0, 1); got "
                              f"weight_decay={weight_decay}, warmup_epochs={warmup_epochs}, "
                              f"label_smoothing={label_smoothing}.")
+        if warmup_epochs and scheduler != "cosine":
+            raise ValueError(f"warmup_epochs={warmup_epochs} applies to scheduler 'cosine' only, got scheduler "
+                             f"{scheduler!r}; set warmup_epochs: 0 or scheduler: cosine.")
         self.save_hyperparameters()
         self.model = create_model(model, num_classes=num_classes, in_chans=in_chans, **(model_kwargs or {}))
         if channels_last:
@@ -130,7 +136,15 @@ class ImageClassifier(L.LightningModule):
         if hp.scheduler == "onecycle":
             scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=hp.lr, total_steps=total_steps)
         else:
-            warmup_steps = int(hp.warmup_epochs * total_steps / max(1, self.trainer.max_epochs or 1))
+            warmup_steps = 0
+            if hp.warmup_epochs:
+                # In epochs of the loader, not a share of total_steps: max_steps or max_epochs=-1 may end the run.
+                batches = self.trainer.num_training_batches
+                if not math.isfinite(batches):
+                    raise ValueError(f"warmup_epochs={hp.warmup_epochs} needs a training loader with a length; "
+                                     f"this one has none, so set warmup_epochs: 0.")
+                steps_per_epoch = math.ceil(batches / self.trainer.accumulate_grad_batches)
+                warmup_steps = min(total_steps, int(hp.warmup_epochs * steps_per_epoch))
 
             def cosine_with_warmup(step: int) -> float:
                 if step < warmup_steps:
