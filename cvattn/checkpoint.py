@@ -25,6 +25,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_warn
 
+from cvattn._state_dict import state_dict_differences
+
 _UNREADABLE = "{path!r} is not a readable PyTorch checkpoint (truncated, or not a file that torch.save wrote)."
 
 
@@ -95,14 +97,6 @@ class LastCheckpoint(ModelCheckpoint):
         # Skipped when this step was already saved (then last.ckpt was written with it), and outside fitting.
         if self.save_last and not self._should_skip_saving_checkpoint(trainer):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
-
-
-def state_dict_differences(saved: dict[str, Any], expected: dict[str, Any]) -> tuple[list[str], ...]:
-    """Sorted (missing, unexpected, reshaped) keys of ``saved`` against the ``expected`` state_dict; all empty when
-    ``saved`` restores it."""
-    common = expected.keys() & saved.keys()
-    return (sorted(expected.keys() - saved.keys()), sorted(saved.keys() - expected.keys()),
-            sorted(k for k in common if saved[k].shape != expected[k].shape))
 
 
 def check_checkpoint_fits(checkpoint: dict[str, Any], module: nn.Module, path: str | os.PathLike) -> None:

@@ -39,6 +39,7 @@ from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
+from cvattn._hints import did_you_mean
 from cvattn.checkpoint import ExactResume, LastCheckpoint, check_checkpoint_fits, load_checkpoint
 
 # Errors that mean "the input is wrong", reported as one paragraph; anything else is a bug and keeps its traceback.
@@ -48,6 +49,9 @@ GROUPS = {"trainer": L.Trainer, "checkpoint": LastCheckpoint}
 
 
 class CvattnCLI(LightningCLI):
+    """LightningCLI with ``--ckpt_path`` ('last': the newest run of this config), the ``checkpoint`` group
+    (``LastCheckpoint``), the datamodule's ``num_classes`` and ``in_chans`` linked into the model, and parse and
+    constructor errors rewritten to name the bad key or value and what is accepted."""
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument("--ckpt_path", type=str | None, default=None,
                             help="Resume from this checkpoint; 'last' resumes the newest run of this config.")
@@ -110,8 +114,6 @@ def main(argv: list[str] | None = None) -> None:
             print(f"error: training was stopped by SIGTERM before it ended and no test was run; {resume}.",
                   file=sys.stderr)
             raise SystemExit(128 + signal.SIGTERM) from None
-        if trainer.interrupted:
-            return
         # Read before testing: loading the best checkpoint restores the callback's state as it was then.
         checkpoint = trainer.checkpoint_callback
         best = checkpoint.best_model_path if checkpoint is not None else ""
@@ -262,8 +264,7 @@ def _explain_parse_error(message: str, parser: LightningArgumentParser) -> str:
         else:
             key, where = option.split(".")[0], "the top level of the config"
             accepted = sorted({action.dest.split(".")[0] for action in parser._actions} - {"help", "print_config"})
-        close = difflib.get_close_matches(key, accepted, n=3)
-        hint = f" Did you mean {', '.join(map(repr, close))}?" if close else f" Accepted: {', '.join(accepted)}."
+        hint = did_you_mean(key, accepted) or f" Accepted: {', '.join(accepted)}."
         if not accepted:
             hint = " See --help for the accepted keys."
         return f"Unknown key {key!r} in {where}.{hint}"
@@ -282,8 +283,7 @@ def _explain_parse_error(message: str, parser: LightningArgumentParser) -> str:
     unrecognized = re.match(r"unrecognized arguments: (--[\w.]+)", message)
     if unrecognized:
         options = [option for action in parser._actions for option in action.option_strings]
-        close = difflib.get_close_matches(unrecognized.group(1), options, n=3)
-        hint = f" Did you mean {', '.join(close)}?" if close else " See --help for the options."
+        hint = did_you_mean(unrecognized.group(1), options, quote=False) or " See --help for the options."
         return f"Unknown option {unrecognized.group(1)}.{hint}"
     missing_file = re.match(r'Parser key "config": File does not exist: (.*)', message)
     if missing_file:

@@ -22,7 +22,7 @@ def test_weight_decay_skips_norms_biases_and_the_models_no_weight_decay():
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(optimizer="adam"), r"Unknown optimizer 'adam': accepted 'sgd', 'adamw'"),
+    (dict(optimizer="adam"), r"Unknown optimizer 'adam'\. Did you mean 'adamw'\? Accepted: 'sgd', 'adamw'"),
     (dict(scheduler="step"), r"Unknown scheduler 'step'"),
     (dict(lr=0.0), r"lr must be > 0, got 0.0"),
     (dict(label_smoothing=1.0), r"label_smoothing=1.0"),

@@ -252,6 +252,14 @@ def test_gradcam_equals_cam_on_a_gap_linear_model():
                                    normalise(cam.detach()))
 
 
+def test_gradcam_names_a_default_layer_that_did_not_run():
+    model = GapLinear()
+    model.unused = nn.Conv2d(3, 3, 1)
+    model.feature_info = [{"num_chs": 3, "reduction": 1, "module": "unused"}]     # the layer Grad-CAM picks
+    with pytest.raises(ValueError, match="Layer 'unused' did not run in GapLinear's forward"):
+        saliency(model, images(), "gradcam", target=0)
+
+
 def test_gradcam_plus_plus_on_one_positive_channel_is_the_activation():
     model = GapLinear()
     with torch.no_grad():

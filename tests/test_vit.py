@@ -252,6 +252,13 @@ def test_bad_configurations_name_the_values():
         VisionTransformer(**TINY_28, local_window=-1)
     with pytest.raises(ValueError, match=r"Block indices \[5\] out of range for depth 3"):
         VisionTransformer(**TINY_28, features_only=True, out_indices=[5])
+    with pytest.raises(ValueError, match=r"Block indices are empty: give at least one of 0..2"):
+        VisionTransformer(**TINY_28).forward_intermediates(torch.randn(1, 1, 28, 28), indices=[],
+                                                           intermediates_only=True)
+    with pytest.raises(ValueError, match="patch_size must be a positive number of pixels, got 0"):
+        VisionTransformer(img_size=28, patch_size=0)
+    with pytest.raises(ValueError, match="num_heads must be ≥ 1, got 0"):
+        VisionTransformer(**{**TINY_28, "num_heads": 0})
     with pytest.raises(ValueError, match="No pretrained weights for 'vit_tiny_patch4_28'"):
         create_model("vit_tiny_patch4_28", pretrained=True)
 

@@ -22,6 +22,8 @@ from typing import Any
 
 import albumentations as A
 
+from cvattn._hints import did_you_mean
+
 _ABSTRACT = {"BaseCompose", "BasicTransform", "DualTransform", "ImageOnlyTransform", "Transform3D"}
 _DONE_BY_CVATTN = {"Normalize", "ToFloat", "FromFloat", "ToTensorV2"}
 TRANSFORM_NAMES = sorted(
@@ -55,8 +57,7 @@ def _build_one(entry: Any, where: str) -> A.BasicTransform | A.BaseCompose:
             "the datamodule's mean/std after the augmentations, which must keep uint8 (H, W, C) images."
         )
     if name not in TRANSFORM_NAMES:
-        close = difflib.get_close_matches(str(name), TRANSFORM_NAMES, n=3)
-        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        hint = did_you_mean(name, TRANSFORM_NAMES, quote=False)
         raise ValueError(f"{where}: unknown albumentations transform {name!r}.{hint} Accepted: {TRANSFORM_NAMES}.")
     cls = getattr(A, name)
     accepted = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "args", "kwargs")]

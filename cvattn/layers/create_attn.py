@@ -1,12 +1,12 @@
 """``create_attn(name, channels, **kwargs)``: attention blocks by name, as models' ``attn_layer`` takes them."""
 from __future__ import annotations
 
-import difflib
 from functools import partial
 from typing import Callable
 
 import torch.nn as nn
 
+from cvattn._hints import did_you_mean
 from cvattn.layers.cbam import CbamModule, ChannelAttn, SpatialAttn
 from cvattn.layers.eca import EcaModule
 from cvattn.layers.se import SEModule
@@ -36,8 +36,7 @@ def get_attn(name: str | None) -> Callable[..., nn.Module] | None:
         return None
     key = name.lower()
     if key not in _ATTN:
-        close = difflib.get_close_matches(key, list(_ATTN) + ["none"], n=3)
-        hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+        hint = did_you_mean(key, [*_ATTN, "none"])
         raise ValueError(f"Unknown attention {name!r}.{hint} Accepted: 'none', {', '.join(map(repr, list_attn()))}.")
     return _ATTN[key]
 

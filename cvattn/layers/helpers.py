@@ -1,10 +1,11 @@
 """Small shared pieces of the attention blocks: channel rounding and the layer-by-name lookup."""
 from __future__ import annotations
 
-import difflib
 from typing import Callable, Union
 
 import torch.nn as nn
+
+from cvattn._hints import did_you_mean
 
 LayerType = Union[str, Callable[..., nn.Module], None]
 
@@ -42,9 +43,7 @@ def get_act_layer(layer: LayerType) -> Callable[..., nn.Module]:
     if isinstance(layer, str):
         key = layer.lower()
         if key not in _ACTIVATIONS:
-            close = difflib.get_close_matches(key, _ACTIVATIONS, n=2)
-            hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
-            raise ValueError(f"Unknown activation {layer!r}.{hint} Known: {', '.join(sorted(_ACTIVATIONS))}.")
+            raise ValueError(f"Unknown activation {layer!r}.{did_you_mean(key, _ACTIVATIONS, n=2)} Known: {', '.join(sorted(_ACTIVATIONS))}.")
         return _ACTIVATIONS[key]
     return layer
 

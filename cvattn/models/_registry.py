@@ -4,13 +4,14 @@ A model constructor is registered with ``@register_model``; its function name be
 """
 from __future__ import annotations
 
-import difflib
 import fnmatch
 import inspect
 import re
 from typing import Callable
 
 import torch.nn as nn
+
+from cvattn._hints import did_you_mean
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 
@@ -39,10 +40,8 @@ def create_model(name: str, **kwargs) -> nn.Module:
     >>> model = create_model("resnet20", num_classes=10, in_chans=1, attn_layer="cbam")
     """
     if name not in _MODELS:
-        close = difflib.get_close_matches(name, _MODELS, n=3)
-        hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
         raise ValueError(
-            f"Unknown model {name!r}.{hint} Registered models: {', '.join(list_models())}."
+            f"Unknown model {name!r}.{did_you_mean(name, _MODELS)} Registered models: {', '.join(list_models())}."
         )
     try:
         return _MODELS[name](**kwargs)
@@ -57,7 +56,6 @@ def _explain_unexpected_argument(name: str, class_name: str, argument: str) -> s
     model_class = getattr(inspect.getmodule(_MODELS[name]), class_name, None)
     accepted = [] if model_class is None else [
         p for p in inspect.signature(model_class).parameters if p not in ("args", "kwargs")]
-    close = difflib.get_close_matches(argument, accepted, n=2)
-    hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+    hint = did_you_mean(argument, accepted, n=2)
     listed = f" {class_name} takes: {', '.join(accepted)}." if accepted else ""
     return f"Model {name!r} does not take the argument {argument!r}.{hint}{listed}"

@@ -24,8 +24,9 @@ Choices the paper leaves open, and deviations:
   ``gather`` per level reads the windows of the whole batch: 1.6-1.9× faster on a CPU than cutting the largest patch
   at the exact centre and pooling it, the sensor this replaced (bench/bench_glimpse.py), and a ram_60 training
   step 1.7× faster, since the pyramid serves all 8 glimpses.
-- Outside the image the sensor sees ``pad_value`` (one per channel): it should be the normalised background,
-  -mean/std for black canvases, not 0 (``RAMModule`` sets it from the datamodule).
+- Outside the image the sensor sees ``pad_value`` (one per channel): it should be the normalised black, -mean/std of
+  the datamodule (0 for cvattn's canvases, which are not standardised; -0.81 for standardised Fashion-MNIST), not a raw
+  0 (``RAMModule`` sets it from the datamodule).
 - The policy mean is tanh(linear(h)), so it stays in (-1, 1). A sample is clamped to [-1, 1], and its
   log-probability is that of the clamped (censored) Gaussian: the density inside, the tail mass at ±1. So the
   log-probability is always that of the location actually looked at.
@@ -37,7 +38,6 @@ Choices the paper leaves open, and deviations:
 """
 from __future__ import annotations
 
-import difflib
 import math
 from dataclasses import dataclass
 from functools import partial
@@ -47,6 +47,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from cvattn._hints import did_you_mean
 from cvattn.models._registry import register_model
 
 CORES = {"rnn": partial(nn.RNNCell, nonlinearity="relu"), "lstm": nn.LSTMCell, "gru": nn.GRUCell}
@@ -118,6 +119,7 @@ class GlimpseSensor(nn.Module):
         self.register_buffer("level_scales", 2.0 ** torch.arange(num_scales)[:, None], persistent=False)  # (k, 1)
 
     def check_image_size(self, height: int, width: int) -> None:
+        """``ValueError`` if a glimpse is larger than the image or the largest patch is mostly padding."""
         if self.glimpse_size > min(height, width):
             raise ValueError(f"glimpse_size={self.glimpse_size} is larger than the {height}×{width} image; use a "
                              f"glimpse of at most {min(height, width)} pixels.")
@@ -242,9 +244,7 @@ class RecurrentAttention(nn.Module):
             raise ValueError(f"std (the location policy's standard deviation) must be > 0, got {std!r}; "
                              f"values around 0.05–0.17 work in [-1, 1] units.")
         if core not in CORES:
-            close = difflib.get_close_matches(str(core), CORES, n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise ValueError(f"Unknown core {core!r}.{hint} Accepted: {', '.join(map(repr, CORES))}.")
+            raise ValueError(f"Unknown core {core!r}.{did_you_mean(core, CORES, n=1)} Accepted: {', '.join(map(repr, CORES))}.")
         self.num_glimpses = num_glimpses
         self.std = std
         self.sensor = GlimpseSensor(glimpse_size, num_scales, in_chans, pad_value)

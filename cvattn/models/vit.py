@@ -27,13 +27,14 @@ Deviations from the paper and from timm:
 """
 from __future__ import annotations
 
-import difflib
 from typing import Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from cvattn._hints import did_you_mean
+from cvattn._state_dict import state_dict_differences
 from cvattn.models._registry import register_model
 
 GLOBAL_POOLS = ("token", "avg")
@@ -84,6 +85,8 @@ class PatchEmbed(nn.Module):
 
     def __init__(self, img_size: int | Sequence[int], patch_size: int, in_chans: int, embed_dim: int):
         super().__init__()
+        if patch_size < 1:
+            raise ValueError(f"patch_size must be a positive number of pixels, got {patch_size}.")
         self.img_size = _pair(img_size)
         self.patch_size = (patch_size, patch_size)
         if self.img_size[0] % patch_size or self.img_size[1] % patch_size:
@@ -102,6 +105,8 @@ class Attention(nn.Module):
 
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, attn_drop: float = 0.0):
         super().__init__()
+        if num_heads < 1:
+            raise ValueError(f"num_heads must be ≥ 1, got {num_heads}.")
         if dim % num_heads:
             raise ValueError(f"embed_dim={dim} is not divisible by num_heads={num_heads}: every head gets "
                              f"embed_dim / num_heads channels; choose num_heads among the divisors of {dim}.")
@@ -210,7 +215,8 @@ class VisionTransformer(nn.Module):
     ``forward`` stays on the fused path and is as fast as timm's model; ``forward_attention`` runs the explicit
     path.
 
-    Backbone use, as in timm: ``forward_features`` (normalised tokens (B, T, C)), ``forward_head(x, pre_logits)``,
+    Backbone use, as in timm: ``forward_features`` (tokens (B, T, C), after the final LN with ``global_pool='token'``;
+    with ``'avg'`` the LN comes after the pool, ``fc_norm`` in ``forward_head``), ``forward_head(x, pre_logits)``,
     ``forward_intermediates`` (per-block patch tokens, (B, C, H/p, W/p) or (B, H/p · W/p, C)), and
     ``features_only=True``, with which ``forward`` returns the maps of the blocks in ``out_indices`` and
     ``feature_info`` lists their ``num_chs``, ``reduction`` and ``module``.
@@ -249,8 +255,7 @@ class VisionTransformer(nn.Module):
     ):
         super().__init__()
         if global_pool not in GLOBAL_POOLS:
-            close = difflib.get_close_matches(str(global_pool), GLOBAL_POOLS, n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
+            hint = did_you_mean(global_pool, GLOBAL_POOLS, n=1)
             raise ValueError(f"Unknown global_pool {global_pool!r}.{hint} Accepted: 'token' (class token) or "
                              f"'avg' (mean of the patch tokens).")
         if in_chans < 1 or num_classes < 0 or depth < 1:
@@ -311,6 +316,8 @@ class VisionTransformer(nn.Module):
         depth = len(self.blocks)
         if indices is None:
             return list(range(depth))
+        if not indices:
+            raise ValueError(f"Block indices are empty: give at least one of 0..{depth - 1} (or None for all).")
         if not all(-depth <= i < depth for i in indices):
             raise ValueError(f"Block indices {list(indices)} out of range for depth {depth}: use 0..{depth - 1} "
                              f"(or negative indices from the end).")
@@ -334,7 +341,8 @@ class VisionTransformer(nn.Module):
         return x, mask, grid
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Images (B, C, H, W) → normalised tokens (B, 1 + H/p · W/p, embed_dim), fused attention."""
+        """Images (B, C, H, W) → tokens (B, 1 + H/p · W/p, embed_dim), fused attention; layer-normalised with
+        ``global_pool='token'`` (with ``'avg'``, ``forward_head`` normalises the pooled mean instead, as in timm)."""
         x, mask, _ = self._embed(x)
         for block in self.blocks:
             x, _ = block(x, mask)
@@ -380,7 +388,8 @@ class VisionTransformer(nn.Module):
         """Patch tokens after the blocks in ``indices`` (all if None), without the class token.
 
         ``output_fmt='NCHW'`` gives (B, embed_dim, H/p, W/p) maps, ``'NLC'`` (B, H/p · W/p, embed_dim) tokens;
-        ``norm=True`` applies the final LN to them. Returns ``(forward_features(x), intermediates)``, or only the
+        ``norm=True`` applies the final LN to them (``self.norm``: the identity with ``global_pool='avg'``, whose LN
+        follows the pool). Returns ``(forward_features(x), intermediates)``, or only the
         intermediates (stopping after the last requested block) when ``intermediates_only``.
         """
         if output_fmt not in ("NCHW", "NLC"):
@@ -403,10 +412,9 @@ class VisionTransformer(nn.Module):
         and unexpected keys and the shape mismatches (a checkpoint of another architecture or configuration)."""
         if strict:
             own = self.state_dict()
-            missing = sorted(own.keys() - state_dict.keys())
-            unexpected = sorted(state_dict.keys() - own.keys())
+            missing, unexpected, mismatched = state_dict_differences(state_dict, own)
             mismatched = [f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
-                          for k in own.keys() & state_dict.keys() if state_dict[k].shape != own[k].shape]
+                          for k in mismatched]
             if missing or unexpected or mismatched:
                 raise ValueError(
                     f"This state_dict does not fit {type(self).__name__}(img_size={self.patch_embed.img_size}, "
@@ -414,7 +422,7 @@ class VisionTransformer(nn.Module):
                     f"depth={len(self.blocks)}, num_classes={self.num_classes}): "
                     f"missing keys {missing[:10]}{' …' * (len(missing) > 10)}; "
                     f"unexpected keys {unexpected[:10]}{' …' * (len(unexpected) > 10)}; "
-                    f"shape mismatches {sorted(mismatched)}. Build the model with the checkpoint's configuration, "
+                    f"shape mismatches {mismatched}. Build the model with the checkpoint's configuration, "
                     f"or pass strict=False to load the matching part.")
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 

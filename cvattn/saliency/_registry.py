@@ -26,6 +26,9 @@ METHODS: dict[str, Method] = {}
 
 
 def register_method(name: str, applies: Callable[[nn.Module], bool], needs: str) -> Callable[[MethodFn], MethodFn]:
+    """Decorator adding ``fn`` as saliency method ``name``: ``fn(model, images, targets, **options) -> (B, h, w)``
+    (module docstring); ``applies(model)`` says whether it works on a model, ``needs`` what a model must have,
+    which the error for one it does not apply to quotes."""
     def register(fn: MethodFn) -> MethodFn:
         if name in METHODS:
             raise ValueError(f"saliency method {name!r} is already registered")

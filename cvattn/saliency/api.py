@@ -9,7 +9,6 @@ Methods add their hooks inside ``with``/``try`` blocks, so none outlives the cal
 """
 from __future__ import annotations
 
-import difflib
 import inspect
 from contextlib import contextmanager
 from typing import Iterable, Iterator, Sequence
@@ -20,6 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 # Imported for their registrations; the order is the order methods are listed in.
+from cvattn._hints import did_you_mean
 from cvattn.saliency import gates, transformer, glimpses, gradcam, baselines  # noqa: F401
 from cvattn.saliency._registry import METHODS, available_methods
 
@@ -126,9 +126,7 @@ def resolve_targets(target: TargetType, logits: torch.Tensor) -> torch.Tensor:
 def _resolve_method(model: nn.Module, method: str):
     applicable = available_methods(model)
     if method not in METHODS:
-        close = difflib.get_close_matches(str(method), METHODS, n=3)
-        hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
-        raise ValueError(f"Unknown saliency method {method!r}.{hint} Methods for {type(model).__name__}: "
+        raise ValueError(f"Unknown saliency method {method!r}.{did_you_mean(method, METHODS)} Methods for {type(model).__name__}: "
                          f"{', '.join(map(repr, applicable))}.")
     if method not in applicable:
         raise ValueError(f"Saliency method {method!r} does not apply to {type(model).__name__}: it needs "

@@ -26,7 +26,8 @@ import torch
 import torch.nn as nn
 import yaml
 
-from cvattn.checkpoint import load_checkpoint, state_dict_differences
+from cvattn._state_dict import state_dict_differences
+from cvattn.checkpoint import load_checkpoint
 from cvattn.cli import CvattnCLI, unwritable_ancestor
 from cvattn.saliency._registry import available_methods
 from cvattn.saliency.api import default_methods, first_samples, saliency, unwrap
@@ -106,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> None:
+    """Build the run's model and data from ``args.config``, load ``args.checkpoint``, write the figures and scores
+    to ``args.out``."""
     if args.num_images < 1 or args.max_batches < 1:
         raise ValueError(f"--num-images and --max-batches must be ≥ 1; got {args.num_images} and {args.max_batches}.")
     if not Path(args.checkpoint).is_file():

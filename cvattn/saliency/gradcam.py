@@ -15,11 +15,11 @@ Written here rather than taken from pytorch-grad-cam: see docs/saliency.md.
 """
 from __future__ import annotations
 
-import difflib
 
 import torch
 import torch.nn as nn
 
+from cvattn._hints import did_you_mean
 from cvattn.saliency._registry import has_activation_maps, is_vit, register_method
 
 
@@ -27,15 +27,15 @@ def find_module(model: nn.Module, path: str) -> nn.Module:
     """``model.get_submodule(path)`` with a ``ValueError`` that suggests real paths."""
     modules = dict(model.named_modules())
     if path not in modules or not path:
-        close = difflib.get_close_matches(path, modules, n=3)
-        hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
         top = [name for name in modules if name and "." not in name]
-        raise ValueError(f"{type(model).__name__} has no module {path!r}.{hint} Give layer= as a module path from "
+        raise ValueError(f"{type(model).__name__} has no module {path!r}.{did_you_mean(path, modules)} Give layer= as a module path from "
                          f"model.named_modules(), e.g. one of the top-level modules {top}.")
     return modules[path]
 
 
 def default_layer(model: nn.Module) -> str:
+    """Grad-CAM's layer when none is given: a ViT's last ``norm1`` (its last block's input tokens), otherwise the
+    last entry of ``feature_info`` (the last feature map)."""
     if is_vit(model):
         return f"blocks.{len(model.blocks) - 1}.norm1"
     if getattr(model, "feature_info", None):
@@ -48,7 +48,8 @@ def activation_and_gradient(
     model: nn.Module, images: torch.Tensor, targets: torch.Tensor, layer: str | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The layer's output A and ∂(target logits)/∂A, both as (B, C, h, w) maps."""
-    module = find_module(model, layer or default_layer(model))
+    layer = layer or default_layer(model)
+    module = find_module(model, layer)
     outputs = []
     # Blocks that return (tokens, extras) tuples, like the ViT's, hand their tokens on first.
     handle = module.register_forward_hook(lambda _m, _i, out: outputs.append(out[0] if isinstance(out, tuple) else out))
