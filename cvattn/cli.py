@@ -81,8 +81,8 @@ class CvattnCLI(LightningCLI):
             if not {"save_dir", "name", "version"} <= set(vars(getattr(logger, "init_args", None) or {})):
                 raise ValueError("--ckpt_path last looks for <save_dir>/<name>/version_N/checkpoints/last.ckpt, as the "
                                  "default CSV logger writes them; with this logger pass the checkpoint's path instead.")
-            checkpoint = _newest_last_checkpoint(Path(logger.init_args.save_dir) / logger.init_args.name)
-            logger.init_args.version = int(checkpoint.parent.parent.name.removeprefix("version_"))
+            logger.init_args.version, checkpoint = _newest_last_checkpoint(
+                Path(logger.init_args.save_dir) / logger.init_args.name)
             self.config.ckpt_path = str(checkpoint)
 
 
@@ -171,15 +171,15 @@ def _run_name(argv: list[str]) -> str:
     return "cvattn"
 
 
-def _newest_last_checkpoint(root: Path) -> Path:
-    """``root/version_N/checkpoints/last.ckpt`` with the largest N."""
+def _newest_last_checkpoint(root: Path) -> tuple[int, Path]:
+    """``(N, root/version_N/checkpoints/last.ckpt)`` with the largest N."""
     found = {int(p.parent.parent.name[len("version_"):]): p for p in root.glob("version_*/checkpoints/last.ckpt")
              if p.parent.parent.name[len("version_"):].isdigit()}
     if not found:
         raise FileNotFoundError(f"--ckpt_path last found nothing to resume: no {root}/version_*/checkpoints/last.ckpt "
                                 f"(a run of this config writes one at its first checkpoint). Train without "
                                 f"--ckpt_path first, or pass the path of a checkpoint.")
-    return found[max(found)]
+    return max(found), found[max(found)]
 
 
 def unwritable_ancestor(directory: Path) -> tuple[Path, str] | None:

@@ -150,7 +150,7 @@ def test_newest_last_checkpoint_skips_runs_without_one(tmp_path):
         (tmp_path / version / "checkpoints").mkdir(parents=True)
         if has_last:
             (tmp_path / version / "checkpoints" / "last.ckpt").touch()
-    assert _newest_last_checkpoint(tmp_path) == tmp_path / "version_2" / "checkpoints" / "last.ckpt"
+    assert _newest_last_checkpoint(tmp_path) == (2, tmp_path / "version_2" / "checkpoints" / "last.ckpt")
 
 
 def test_failed_run_leaves_no_empty_run_directory(tmp_path):
