@@ -52,6 +52,7 @@ class CvattnCLI(LightningCLI):
     """LightningCLI with ``--ckpt_path`` ('last': the newest run of this config), the ``checkpoint`` group
     (``LastCheckpoint``), the datamodule's ``num_classes`` and ``in_chans`` linked into the model, and parse and
     constructor errors rewritten to name the bad key or value and what is accepted."""
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument("--ckpt_path", type=str | None, default=None,
                             help="Resume from this checkpoint; 'last' resumes the newest run of this config.")

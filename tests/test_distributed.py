@@ -109,7 +109,8 @@ def test_ddp_launching_its_own_processes_runs_to_the_end(tmp_path):
     alone draws the saliency figure, and no rank waits for the other in a collective on the way (``trainer.log_dir``
     read by rank 0 alone hung the run)."""
     images = write_image_folder(tmp_path / "images")
-    saliency = {"class_path": "cvattn.lightning.SaliencyCallback", "init_args": {"num_images": 2, "methods": ["gradcam"]}}
+    saliency = {"class_path": "cvattn.lightning.SaliencyCallback",
+                "init_args": {"num_images": 2, "methods": ["gradcam"]}}
     config = tiny_config(images, max_epochs=1, accelerator="cpu", devices=2, strategy="ddp", callbacks=[saliency])
     stdout = train_on_two_processes(tmp_path, write_config(tmp_path / "tiny.yaml", config), tmp_path)
     assert "metrics:" in stdout and "best checkpoint: " in stdout

@@ -43,7 +43,8 @@ def get_act_layer(layer: LayerType) -> Callable[..., nn.Module]:
     if isinstance(layer, str):
         key = layer.lower()
         if key not in _ACTIVATIONS:
-            raise ValueError(f"Unknown activation {layer!r}.{did_you_mean(key, _ACTIVATIONS, n=2)} Known: {', '.join(sorted(_ACTIVATIONS))}.")
+            raise ValueError(f"Unknown activation {layer!r}.{did_you_mean(key, _ACTIVATIONS, n=2)} Known: "
+                             f"{', '.join(sorted(_ACTIVATIONS))}.")
         return _ACTIVATIONS[key]
     return layer
 

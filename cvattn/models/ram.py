@@ -24,9 +24,9 @@ Choices the paper leaves open, and deviations:
   ``gather`` per level reads the windows of the whole batch: 1.6-1.9× faster on a CPU than cutting the largest patch
   at the exact centre and pooling it, the sensor this replaced (bench/bench_glimpse.py), and a ram_60 training
   step 1.7× faster, since the pyramid serves all 8 glimpses.
-- Outside the image the sensor sees ``pad_value`` (one per channel): it should be the normalised black, -mean/std of
-  the datamodule (0 for cvattn's canvases, which are not standardised; -0.81 for standardised Fashion-MNIST), not a raw
-  0 (``RAMModule`` sets it from the datamodule).
+- Outside the image the sensor sees ``pad_value`` (one per channel): it should be black after the datamodule's
+  normalisation, -mean/std: 0 for cvattn's canvases (not standardised), -0.81 for standardised Fashion-MNIST
+  (``RAMModule`` sets it from the datamodule).
 - The policy mean is tanh(linear(h)), so it stays in (-1, 1). A sample is clamped to [-1, 1], and its
   log-probability is that of the clamped (censored) Gaussian: the density inside, the tail mass at ±1. So the
   log-probability is always that of the location actually looked at.
@@ -244,7 +244,8 @@ class RecurrentAttention(nn.Module):
             raise ValueError(f"std (the location policy's standard deviation) must be > 0, got {std!r}; "
                              f"values around 0.05–0.17 work in [-1, 1] units.")
         if core not in CORES:
-            raise ValueError(f"Unknown core {core!r}.{did_you_mean(core, CORES, n=1)} Accepted: {', '.join(map(repr, CORES))}.")
+            raise ValueError(f"Unknown core {core!r}.{did_you_mean(core, CORES, n=1)} Accepted: "
+                             f"{', '.join(map(repr, CORES))}.")
         self.num_glimpses = num_glimpses
         self.std = std
         self.sensor = GlimpseSensor(glimpse_size, num_scales, in_chans, pad_value)

@@ -18,8 +18,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-# Imported for their registrations; the order is the order methods are listed in.
 from cvattn._hints import did_you_mean
+# Imported for their registrations; the order is the order methods are listed in.
 from cvattn.saliency import gates, transformer, glimpses, gradcam, baselines  # noqa: F401
 from cvattn.saliency._registry import METHODS, available_methods
 
@@ -126,8 +126,8 @@ def resolve_targets(target: TargetType, logits: torch.Tensor) -> torch.Tensor:
 def _resolve_method(model: nn.Module, method: str):
     applicable = available_methods(model)
     if method not in METHODS:
-        raise ValueError(f"Unknown saliency method {method!r}.{did_you_mean(method, METHODS)} Methods for {type(model).__name__}: "
-                         f"{', '.join(map(repr, applicable))}.")
+        raise ValueError(f"Unknown saliency method {method!r}.{did_you_mean(method, METHODS)} Methods for "
+                         f"{type(model).__name__}: {', '.join(map(repr, applicable))}.")
     if method not in applicable:
         raise ValueError(f"Saliency method {method!r} does not apply to {type(model).__name__}: it needs "
                          f"{METHODS[method].needs}. Methods that apply to this model: "

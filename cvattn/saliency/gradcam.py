@@ -15,7 +15,6 @@ Written here rather than taken from pytorch-grad-cam: see docs/saliency.md.
 """
 from __future__ import annotations
 
-
 import torch
 import torch.nn as nn
 
@@ -28,8 +27,8 @@ def find_module(model: nn.Module, path: str) -> nn.Module:
     modules = dict(model.named_modules())
     if path not in modules or not path:
         top = [name for name in modules if name and "." not in name]
-        raise ValueError(f"{type(model).__name__} has no module {path!r}.{did_you_mean(path, modules)} Give layer= as a module path from "
-                         f"model.named_modules(), e.g. one of the top-level modules {top}.")
+        raise ValueError(f"{type(model).__name__} has no module {path!r}.{did_you_mean(path, modules)} Give layer= as "
+                         f"a module path from model.named_modules(), e.g. one of the top-level modules {top}.")
     return modules[path]
 
 
