@@ -260,6 +260,17 @@ def test_gradcam_names_a_default_layer_that_did_not_run():
         saliency(model, images(), "gradcam", target=0)
 
 
+def test_gradcam_of_the_papers_conv_baseline_reads_its_convolution():
+    """conv_fc_baseline has one feature map (its 10×10 convolution, stride 5): Grad-CAM's default layer."""
+    torch.manual_seed(0)
+    model = cvattn.create_model("conv_fc_baseline", num_classes=10, in_chans=1).eval()
+    assert "gradcam" in available_methods(model)
+    x = images(size=60)
+    maps = saliency(model, x, "gradcam", target=3)
+    torch.testing.assert_close(maps, saliency(model, x, "gradcam", target=3, layer="conv"))
+    assert maps.shape == (3, 60, 60) and maps.std() > 0.05
+
+
 def test_gradcam_plus_plus_on_one_positive_channel_is_the_activation():
     model = GapLinear()
     with torch.no_grad():
@@ -566,14 +577,17 @@ def test_cli_writes_overlays_and_metrics(trained_run, tmp_path):
     ("other architecture", r"does not fit the config's model \(ConvNet\): missing keys \['model\.blocks"),
     ("out under a file", "cannot be created"),
     ("method for another family", r"--methods \['rollout'\] do not apply to ConvNet"),
+    ("not a device", r"--device 'gpu0' is not a device; use cpu, cuda or cuda:N"),
+    ("absent GPU", r"--device 'cuda:99': (CUDA is not available here|there are \d+ GPUs here)"),
 ])
 def test_cli_errors_leave_no_output(trained_run, tmp_path, capsys, case, message):
     checkpoint = {"missing checkpoint": "absent.ckpt", "other architecture": "other.ckpt"}.get(case, "model.ckpt")
     (tmp_path / "file").write_text("")
     out = tmp_path / "file" / "out" if case == "out under a file" else tmp_path / "out"
     methods = ["rollout"] if case == "method for another family" else ["gradcam"]
+    device = {"not a device": ["--device", "gpu0"], "absent GPU": ["--device", "cuda:99"]}.get(case, [])
     code = cli_main(["--checkpoint", str(trained_run / checkpoint), "--config", str(trained_run / "config.yaml"),
-                     "--out", str(out), "--methods", *methods, "--no-auc"])
+                     "--out", str(out), "--methods", *methods, "--no-auc", *device])
     assert code == 2
     assert re.search(message, capsys.readouterr().err)
     assert not out.exists()

@@ -89,6 +89,7 @@ class ConvFCBaseline(nn.Module):
                              f"no padding, so images must be at least {kernel_size} pixels wide.")
         self.in_chans, self.img_size = in_chans, img_size
         self.conv = nn.Conv2d(in_chans, filters, kernel_size, stride=stride)
+        self.feature_info = [dict(num_chs=filters, reduction=stride, module="conv")]   # Grad-CAM's default layer
         side = (img_size - kernel_size) // stride + 1
         self.fc = nn.Linear(filters * side * side, hidden)
         self.num_features = hidden

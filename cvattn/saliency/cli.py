@@ -87,6 +87,23 @@ def check_writable(out: Path) -> None:
                          f"choose another --out.")
 
 
+def resolve_device(name: str | None) -> torch.device:
+    """``name`` as a device that exists here; None: the first GPU if there is one, else the CPU."""
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device {name!r} is not a device; use cpu, cuda or cuda:N.") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name!r}: CUDA is not available here (torch {torch.__version__}); "
+                         f"use --device cpu.")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"--device {name!r}: there are {torch.cuda.device_count()} GPUs here, "
+                         f"cuda:0 to cuda:{torch.cuda.device_count() - 1}.")
+    return device
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cvattn.saliency", description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", required=True, help="Lightning .ckpt or a network state_dict")
@@ -97,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-batches", type=int, default=4, help="test batches for metrics.json (default 4)")
     parser.add_argument("--pixels-per-step", type=int, help="deletion/insertion step (default: one image row)")
     parser.add_argument("--no-auc", action="store_true", help="skip deletion/insertion AUC (the slow part)")
+    parser.add_argument("--device", help="where the model runs: cpu, cuda or cuda:N (default: cuda if available)")
     args = parser.parse_args(argv)
     try:
         run(args)
@@ -114,9 +132,10 @@ def run(args: argparse.Namespace) -> None:
     if not Path(args.checkpoint).is_file():
         raise FileNotFoundError(f"Checkpoint {args.checkpoint!r} does not exist (or is not a file).")
     check_writable(args.out)
+    device = resolve_device(args.device)
     module, datamodule = build_from_config(args.config)
     load_weights(module, args.checkpoint)
-    model = unwrap(module)
+    model = unwrap(module).to(device)
     methods = args.methods or default_methods(model)
     unknown = [m for m in methods if m not in available_methods(model)]
     if unknown:
@@ -125,6 +144,7 @@ def run(args: argparse.Namespace) -> None:
 
     datamodule.setup("test")
     images, labels, *boxes = first_samples(datamodule.test_dataloader(), args.num_images)
+    images = images.to(device)
     model.eval()
     with torch.no_grad():
         probs, predicted = model(images).softmax(1).max(1)
