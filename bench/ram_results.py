@@ -2,7 +2,7 @@
 
     python bench/ram_results.py --out docs/results_ram.md [--epochs 50] [--conv-epochs N] [--conv-width 64] [--seeds 0 1 2]
         [--limit-train-batches 1.0] [--limit-eval-batches 1.0] [--datasets fashion_mnist mnist] [--accelerator auto]
-        [--jobs 1] [--num-scales 3] [--conv-models conv_fc_baseline convnet2]
+        [--jobs 1] [--num-scales 3] [--core rnn] [--conv-models conv_fc_baseline convnet2] [--reuse-finished]
 
 Side by side on the same data (the same canvases for a given seed): RAM with 4, 6 and 8 glimpses, RAM with 8
 random glimpses (the policy control: a trained policy must clearly beat it) and two conv baselines: the paper's
@@ -12,7 +12,8 @@ glimpses 14.4%. MNIST runs only where its IDX files are found; Fashion-MNIST alw
 
 Every row is one ``train.py`` run of ``configs/ram_fashion_mnist_60_cluttered.yaml`` (RAM) or the conv model's
 ``configs/ram_fashion_mnist_60_cluttered_{conv_fc,convnet2}.yaml`` with the overrides the script prints, so any row
-can be reproduced alone. The test error is that of the best-validation checkpoint, looking at the policy mean
+can be reproduced alone; with ``--reuse-finished`` a row whose run directory already holds a test result (a run
+by this script, or the same ``train.py`` command run by hand) is read instead of trained again. The test error is that of the best-validation checkpoint, looking at the policy mean
 (no Monte-Carlo averaging). "On object" is the fraction of test images whose last glimpse is centred inside the
 object's box (``final_glimpse_hit_rate``).
 """
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
 import subprocess
 import sys
 import time
@@ -41,20 +43,32 @@ CONV_CONFIGS = {"conv_fc_baseline": "configs/ram_fashion_mnist_60_cluttered_conv
                 "convnet2": "configs/ram_fashion_mnist_60_cluttered_convnet2.yaml"}
 DATASETS = {"fashion_mnist": FashionMNISTDataModule, "mnist": MNISTDataModule}
 CANVAS_SIZE, NUM_DISTRACTORS = 60, 4
+WALL_FILE = "ram_results_wall_s.txt"   # the script's own record of how long a row trained
 
 
-def runs(glimpses: list[int], num_scales: int, conv_models: list[str],
+def runs(glimpses: list[int], num_scales: int, core: str, conv_models: list[str],
          conv_width: int) -> list[tuple[str, str, str, dict]]:
     """(label, config, model name, model_kwargs) of every compared model."""
-    scales = f", {num_scales} scales" if num_scales != 3 else ""
+    details = (f", {num_scales} scales" if num_scales != 3 else "") + (f", {core} core" if core != "rnn" else "")
+    ram_kwargs = {"num_scales": num_scales, **({"core": core} if core != "rnn" else {})}
     conv_rows = {"conv_fc_baseline": ("conv_fc_baseline (the paper's)", {}),
                  "convnet2": (f"convnet2 (width {conv_width})", {"width": conv_width})}
-    ram = [(f"RAM, {n} glimpses{scales}", RAM_CONFIG, "ram_60", {"num_glimpses": n, "num_scales": num_scales})
+    ram = [(f"RAM, {n} glimpses{details}", RAM_CONFIG, "ram_60", {"num_glimpses": n, **ram_kwargs})
            for n in glimpses]
     return ram + [
-        (f"RAM, {max(glimpses)} random glimpses{scales}", RAM_CONFIG, "ram_60",
-         {"num_glimpses": max(glimpses), "num_scales": num_scales, "random_glimpses": True}),
+        (f"RAM, {max(glimpses)} random glimpses{details}", RAM_CONFIG, "ram_60",
+         {"num_glimpses": max(glimpses), **ram_kwargs, "random_glimpses": True}),
     ] + [(conv_rows[name][0], CONV_CONFIGS[name], name, conv_rows[name][1]) for name in conv_models]
+
+
+def finished_run(run_name: str) -> Path | None:
+    """The newest ``runs/<run_name>/version_N`` that logged a test accuracy, if any."""
+    try:
+        run_dir = newest_run(run_name)
+    except FileNotFoundError:
+        return None
+    finished = (run_dir / "metrics.csv").is_file() and not math.isnan(test_accuracy(run_dir))
+    return run_dir if finished else None
 
 
 def dataset_found(name: str) -> bool:
@@ -114,6 +128,10 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--glimpses", type=int, nargs="+", default=[4, 6, 8])
     parser.add_argument("--num-scales", type=int, default=3, help="patches per glimpse (the paper's 60×60: 3)")
+    parser.add_argument("--core", default="rnn", choices=["rnn", "lstm", "gru"],
+                        help="the RAM's core (the paper's: rnn, a ReLU RNN)")
+    parser.add_argument("--reuse-finished", action="store_true",
+                        help="read rows whose run already logged a test result instead of training them again")
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
     parser.add_argument("--limit-train-batches", default="1.0", help="Lightning's limit_train_batches")
     parser.add_argument("--limit-eval-batches", default="1.0", help="limit_val_batches and limit_test_batches")
@@ -129,8 +147,10 @@ def main() -> None:
     skipped = sorted(set(args.datasets) - set(datasets))
     env, parallel = split_threads(args.jobs)
     jobs = [(dataset, seed, *run) for dataset in datasets for seed in args.seeds
-            for run in runs(args.glimpses, args.num_scales, args.conv_models, args.conv_width)
+            for run in runs(args.glimpses, args.num_scales, args.core, args.conv_models, args.conv_width)
             if run[2].startswith("ram") or args.conv_epochs != 0]
+    # Most glimpses first (the longest runs), so that parallel jobs end close together; sorted() keeps ties in order.
+    jobs = sorted(jobs, key=lambda job: -job[5].get("num_glimpses", 0))
 
     def train(job: tuple) -> str:
         dataset, seed, label, config, model, model_kwargs = job
@@ -149,17 +169,23 @@ def main() -> None:
             "--trainer.logger.init_args.name", run_name,
         ]
         print("$ python train.py", " ".join(overrides), flush=True)
-        start = time.perf_counter()
-        subprocess.run([sys.executable, "train.py", *overrides], cwd=ROOT, check=True, env=env,
-                       stdout=subprocess.DEVNULL if args.jobs > 1 else None)
-        wall = time.perf_counter() - start
-        run_dir = newest_run(run_name)
+        run_dir = finished_run(run_name) if args.reuse_finished else None
+        if run_dir is None:
+            start = time.perf_counter()
+            subprocess.run([sys.executable, "train.py", *overrides], cwd=ROOT, check=True, env=env,
+                           stdout=subprocess.DEVNULL if args.jobs > 1 else None)
+            run_dir = newest_run(run_name)
+            (run_dir / WALL_FILE).write_text(f"{time.perf_counter() - start:.1f}\n")
+        else:
+            print(f"reusing {run_dir.relative_to(ROOT)}", flush=True)
+        # A run trained by hand has no wall time on record.
+        wall = f"{float((run_dir / WALL_FILE).read_text()) / 60:.1f}" if (run_dir / WALL_FILE).is_file() else "—"
         error = 100 * (1 - test_accuracy(run_dir))
         on_object = "—"
         if model.startswith("ram"):
             on_object = f"{100 * hit_rate(best_checkpoint(run_dir), dataset, seed, args.limit_eval_batches):.1f}"
         params = sum(p.numel() for p in create_model(model, num_classes=10, in_chans=1, **model_kwargs).parameters())
-        row = f"| {dataset} | {label} | {params:,} | {error:.2f} | {on_object} | {epochs} | {seed} | {wall / 60:.1f} |"
+        row = f"| {dataset} | {label} | {params:,} | {error:.2f} | {on_object} | {epochs} | {seed} | {wall} |"
         print(row, flush=True)
         return row
 
