@@ -168,6 +168,24 @@ def test_mnist_from_system_copy(tmp_path, no_system_copy, monkeypatch):
     assert dm.test_set.labels.tolist() == arrays["t10k"][1].tolist()
 
 
+def test_another_datasets_files_are_refused_by_their_brightness(tmp_path, no_system_copy):
+    """MNIST and Fashion-MNIST share file names; a folder of one read as the other is an error, not a silent run."""
+    for name, brightness in (("fashion_like", 73), ("mnist_like", 33)):    # mean 0.286 and 0.129 of 255
+        images = np.full((1000, 28, 28), brightness, np.uint8)
+        (tmp_path / name).mkdir()
+        for file, array in zip(SPLIT_FILES["t10k"], (images, np.arange(1000) % 10)):
+            write_idx(tmp_path / name / f"{file}.gz", array)
+    with pytest.raises(ValueError, match=r"fashion_like/t10k-images-idx3-ubyte.gz does not look like MNIST: its "
+                                         r"images' mean brightness is 0.286, MNIST's is 0.131; FashionMNIST's is 0.286, so"):
+        MNISTDataModule(data_dir=str(tmp_path / "fashion_like"), num_workers=0).setup("test")
+    with pytest.raises(ValueError, match="does not look like FashionMNIST.*MNIST's is 0.131, so these are most likely its files"):
+        FashionMNISTDataModule(data_dir=str(tmp_path / "mnist_like"), num_workers=0).setup("test")
+    for module, folder in ((MNISTDataModule, "mnist_like"), (FashionMNISTDataModule, "fashion_like")):
+        data = module(data_dir=str(tmp_path / folder), num_workers=0)
+        data.setup("test")
+        assert len(data.test_set) == 1000
+
+
 def test_missing_dataset_names_all_three_ways(tmp_path, no_system_copy):
     dm = FashionMNISTDataModule(data_dir=str(tmp_path / "data"), num_workers=0)
     with pytest.raises(FileNotFoundError) as err:

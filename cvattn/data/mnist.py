@@ -3,7 +3,8 @@
 The IDX files (raw or ``.gz``) are looked for, in order, in ``data_dir``, in torchvision's layout
 ``data_dir/<FashionMNIST|MNIST>/raw/``, and in the system copy (``/usr/share/datasets/fashion-mnist`` from
 Debian's ``dataset-fashion-mnist`` package; ``/usr/share/datasets/mnist`` for MNIST); failing those they are
-downloaded with torchvision into ``data_dir`` when ``download`` is true. Each split is read whole into memory.
+downloaded with torchvision into ``data_dir`` when ``download`` is true. Each split is read whole into memory. The
+two datasets' files have the same names; files of the other one are refused (their mean brightness gives them away).
 """
 from __future__ import annotations
 
@@ -44,7 +45,27 @@ class _IdxDataModule(ImageDataModule):
                 f"{images_path} and {labels_path} hold arrays of shape {tuple(images.shape)} and "
                 f"{tuple(labels.shape)}; expected (N, 28, 28) images and (N,) labels."
             )
+        self._check_brightness(images, images_path)
         return images.unsqueeze(-1), labels                     # (N, 28, 28, 1)
+
+    def _check_brightness(self, images: torch.Tensor, path: Path) -> None:
+        """Refuse another dataset's files: MNIST and Fashion-MNIST name theirs alike, so a shared ``data_dir``
+        would silently train on the wrong one; their mean brightness (0.13 against 0.29) tells them apart."""
+        if len(images) < 1000:   # too few images for the mean to tell datasets apart
+            return
+        mean = images[:10_000].float().mean().item() / 255
+        if abs(mean - self.dataset_mean[0]) <= 0.05:
+            return
+        looks_like = [cls for cls in _IdxDataModule.__subclasses__()
+                      if cls is not type(self) and abs(mean - cls.dataset_mean[0]) <= 0.05]
+        raise ValueError(
+            f"{path} does not look like {self.torchvision_name}: its images' mean brightness is {mean:.3f}, "
+            f"{self.torchvision_name}'s is {self.dataset_mean[0]:.3f}"
+            + "".join(f"; {cls.torchvision_name}'s is {cls.dataset_mean[0]:.3f}, so these are most likely its files"
+                      for cls in looks_like[:1])
+            + f". MNIST and Fashion-MNIST files have the same names: keep each in data_dir/<MNIST|FashionMNIST>/raw "
+              f"(data_dir={self.data_dir!r} is searched first), or point data_dir at the right copy."
+        )
 
     def _find_split(self, train: bool) -> tuple[Path, Path]:
         """The split's (images, labels) files, downloading them if needed and allowed."""
