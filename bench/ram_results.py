@@ -13,9 +13,9 @@ glimpses 14.4%. MNIST runs only where its IDX files are found; Fashion-MNIST alw
 Every row is one ``train.py`` run of ``configs/ram_fashion_mnist_60_cluttered.yaml`` (RAM) or the conv model's
 ``configs/ram_fashion_mnist_60_cluttered_{conv_fc,convnet2}.yaml`` with the overrides the script prints, so any row
 can be reproduced alone; with ``--reuse-finished`` a row whose run directory already holds a test result (a run
-by this script, or the same ``train.py`` command run by hand) is read instead of trained again. The test error is that of the best-validation checkpoint, looking at the policy mean
-(no Monte-Carlo averaging). "On object" is the fraction of test images whose last glimpse is centred inside the
-object's box (``final_glimpse_hit_rate``).
+by this script, or the same ``train.py`` command run by hand) is read instead of trained again. The test error is
+that of the best-validation checkpoint, looking at the policy mean (no Monte-Carlo averaging). "On object" is the
+fraction of test images whose last glimpse is centred inside the object's box (``final_glimpse_hit_rate``).
 """
 from __future__ import annotations
 
