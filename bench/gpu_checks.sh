@@ -29,7 +29,7 @@ for autocast in float32 bfloat16; do
   timeout 75 $python bench/bench_vit.py --device cuda --warmup 5 --rounds 20 --batches 256 64 --autocast $autocast
 done 2>&1 | tee -a "$summary"
 
-echo "== 2. every config on the GPU: 20 training steps, the test of the best checkpoint, then the saliency CLI" | tee -a "$summary"
+echo "== 2. every config on the GPU: 20 training steps, the test, the saliency CLI" | tee -a "$summary"
 smoke() {  # NAME CONFIG [more train.py arguments]
   local name=$1 config=$2; shift 2
   if ! OMP_NUM_THREADS=2 timeout 150 $python train.py --config "$config" --trainer.accelerator gpu \
@@ -46,7 +46,7 @@ smoke() {  # NAME CONFIG [more train.py arguments]
   if timeout 150 $python -m cvattn.saliency --checkpoint "$(ls "$run"/checkpoints/epoch=*.ckpt | head -1)" \
       --config "$run/config.yaml" --out "$logs/saliency_$name" --device cuda --num-images 2 --max-batches 1 \
       --pixels-per-step 600 > "$logs/saliency_$name.log" 2>&1; then
-    echo "ok      $name: test/acc $accuracy; saliency CLI: $(python3 -c "import json, sys;
+    echo "ok      $name: test/acc $accuracy; saliency CLI: $($python -c "import json, sys;
 print(' '.join(json.load(open(sys.argv[1]))['methods']) or 'figures of every method (no boxes, no metrics)')" \
       "$logs/saliency_$name/metrics.json")"
   else
