@@ -25,7 +25,6 @@ import json
 import math
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -43,7 +42,6 @@ CONV_CONFIGS = {"conv_fc_baseline": "configs/ram_fashion_mnist_60_cluttered_conv
                 "convnet2": "configs/ram_fashion_mnist_60_cluttered_convnet2.yaml"}
 DATASETS = {"fashion_mnist": FashionMNISTDataModule, "mnist": MNISTDataModule}
 CANVAS_SIZE, NUM_DISTRACTORS = 60, 4
-WALL_FILE = "ram_results_wall_s.txt"   # the script's own record of how long a row trained
 
 
 def runs(glimpses: list[int], num_scales: int, core: str, conv_models: list[str],
@@ -69,6 +67,11 @@ def finished_run(run_name: str) -> Path | None:
         return None
     finished = (run_dir / "metrics.csv").is_file() and not math.isnan(test_accuracy(run_dir))
     return run_dir if finished else None
+
+
+def wall_minutes(run_dir: Path) -> float:
+    """Minutes from the start of the fit (Lightning writes the run's config.yaml then) to its last metrics row."""
+    return ((run_dir / "metrics.csv").stat().st_mtime - (run_dir / "config.yaml").stat().st_mtime) / 60
 
 
 def dataset_found(name: str) -> bool:
@@ -171,21 +174,18 @@ def main() -> None:
         print("$ python train.py", " ".join(overrides), flush=True)
         run_dir = finished_run(run_name) if args.reuse_finished else None
         if run_dir is None:
-            start = time.perf_counter()
             subprocess.run([sys.executable, "train.py", *overrides], cwd=ROOT, check=True, env=env,
                            stdout=subprocess.DEVNULL if args.jobs > 1 else None)
             run_dir = newest_run(run_name)
-            (run_dir / WALL_FILE).write_text(f"{time.perf_counter() - start:.1f}\n")
         else:
             print(f"reusing {run_dir.relative_to(ROOT)}", flush=True)
-        # A run trained by hand has no wall time on record.
-        wall = f"{float((run_dir / WALL_FILE).read_text()) / 60:.1f}" if (run_dir / WALL_FILE).is_file() else "—"
         error = 100 * (1 - test_accuracy(run_dir))
         on_object = "—"
         if model.startswith("ram"):
             on_object = f"{100 * hit_rate(best_checkpoint(run_dir), dataset, seed, args.limit_eval_batches):.1f}"
         params = sum(p.numel() for p in create_model(model, num_classes=10, in_chans=1, **model_kwargs).parameters())
-        row = f"| {dataset} | {label} | {params:,} | {error:.2f} | {on_object} | {epochs} | {seed} | {wall} |"
+        row = (f"| {dataset} | {label} | {params:,} | {error:.2f} | {on_object} | {epochs} | {seed} "
+               f"| {wall_minutes(run_dir):.1f} |")
         print(row, flush=True)
         return row
 
