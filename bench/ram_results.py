@@ -152,8 +152,6 @@ def main() -> None:
     jobs = [(dataset, seed, *run) for dataset in datasets for seed in args.seeds
             for run in runs(args.glimpses, args.num_scales, args.core, args.conv_models, args.conv_width)
             if run[2].startswith("ram") or args.conv_epochs != 0]
-    # Most glimpses first (the longest runs), so that parallel jobs end close together; sorted() keeps ties in order.
-    jobs = sorted(jobs, key=lambda job: -job[5].get("num_glimpses", 0))
 
     def train(job: tuple) -> str:
         dataset, seed, label, config, model, model_kwargs = job
@@ -189,8 +187,11 @@ def main() -> None:
         print(row, flush=True)
         return row
 
+    # Most glimpses first (the longest runs), so that parallel jobs end close together; the table keeps its order.
+    order = sorted(range(len(jobs)), key=lambda i: -jobs[i][5].get("num_glimpses", 0))
     with ThreadPoolExecutor(args.jobs) as pool:
-        rows = list(pool.map(train, jobs))
+        done = dict(zip(order, pool.map(train, [jobs[i] for i in order])))
+    rows = [done[i] for i in range(len(jobs))]
 
     lines = [
         f"Cluttered {CANVAS_SIZE}×{CANVAS_SIZE} canvases, {NUM_DISTRACTORS} distractors of 8×8; "
