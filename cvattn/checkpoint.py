@@ -25,7 +25,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_warn
 
-from cvattn._state_dict import state_dict_differences
+from cvattn.checks import state_dict_mismatch
 
 _UNREADABLE = "{path!r} is not a readable PyTorch checkpoint (truncated, or not a file that torch.save wrote)."
 
@@ -106,16 +106,10 @@ def check_checkpoint_fits(checkpoint: dict[str, Any], module: nn.Module, path: s
         raise ValueError(f"{str(path)!r} is a plain dict (keys {sorted(checkpoint)[:5]}), not a checkpoint written by "
                          f"train.py; --ckpt_path needs a Lightning checkpoint (with 'state_dict', optimiser and loop "
                          f"states), e.g. runs/<config>/version_N/checkpoints/last.ckpt.")
-    saved, expected = checkpoint["state_dict"], module.state_dict()
-    missing, unexpected, reshaped = state_dict_differences(saved, expected)
-    reshaped = [f"{k} {tuple(saved[k].shape)} in the checkpoint vs {tuple(expected[k].shape)}" for k in reshaped]
-    if missing or unexpected or reshaped:
+    if problems := state_dict_mismatch(checkpoint["state_dict"], module.state_dict()):
         trained_as = checkpoint.get("hyper_parameters", {}).get("model")
         origin = f" (it was trained as {trained_as!r})" if isinstance(trained_as, str) else ""
-        problems = [f"{kind}: {len(keys)} (e.g. {', '.join(keys[:3])})" for kind, keys in
-                    (("missing keys", missing), ("unexpected keys", unexpected), ("keys of another shape", reshaped))
-                    if keys]
-        raise ValueError(f"Checkpoint {str(path)!r} does not fit the configured model{origin}: {'; '.join(problems)}. "
+        raise ValueError(f"Checkpoint {str(path)!r} does not fit the configured model{origin}: {problems}. "
                          f"Resume with the config that wrote it, or train from scratch without --ckpt_path.")
 
 

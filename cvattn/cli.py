@@ -39,7 +39,7 @@ from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
-from cvattn._hints import did_you_mean
+from cvattn.checks import did_you_mean
 from cvattn.checkpoint import ExactResume, LastCheckpoint, check_checkpoint_fits, load_checkpoint
 
 # Errors that mean "the input is wrong", reported as one paragraph; anything else is a bug and keeps its traceback.

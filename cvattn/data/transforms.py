@@ -22,7 +22,7 @@ from typing import Any
 
 import albumentations as A
 
-from cvattn._hints import did_you_mean
+from cvattn.checks import did_you_mean
 
 _ABSTRACT = {"BaseCompose", "BasicTransform", "DualTransform", "ImageOnlyTransform", "Transform3D"}
 _DONE_BY_CVATTN = {"Normalize", "ToFloat", "FromFloat", "ToTensorV2"}

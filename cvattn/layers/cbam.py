@@ -27,11 +27,14 @@ from collections import OrderedDict
 import torch
 import torch.nn as nn
 
-from cvattn.layers.helpers import LayerType, check_channels, check_convention, get_act_layer, make_divisible
+from cvattn.checks import check_channels
+from cvattn.layers.helpers import LayerType, check_convention, get_act_layer, make_divisible
 
 
 class ChannelAttn(nn.Module):
     """CBAM's channel gate: shared MLP over average- and max-pooled descriptors."""
+
+    attn_kind = "channel"   # cvattn.contracts.AttentionBlock: self.gate's output is the attention
 
     def __init__(
         self,
@@ -68,6 +71,8 @@ class SpatialAttn(nn.Module):
 
     On its own (``create_attn('spatial', C)``) it is the spatial-only attention block.
     """
+
+    attn_kind = "spatial"   # cvattn.contracts.AttentionBlock: self.gate's output is the attention
 
     def __init__(self, channels: int | None = None, kernel_size: int = 7, gate_layer: LayerType = "sigmoid",
                  convention: str = "paper", device=None, dtype=None):

@@ -6,7 +6,7 @@ from typing import Callable
 
 import torch.nn as nn
 
-from cvattn._hints import did_you_mean
+from cvattn.checks import did_you_mean
 from cvattn.layers.cbam import CbamModule, ChannelAttn, SpatialAttn
 from cvattn.layers.eca import EcaModule
 from cvattn.layers.se import SEModule

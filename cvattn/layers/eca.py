@@ -16,7 +16,8 @@ import math
 import torch
 import torch.nn as nn
 
-from cvattn.layers.helpers import LayerType, check_channels, get_act_layer
+from cvattn.checks import check_channels
+from cvattn.layers.helpers import LayerType, get_act_layer
 
 
 def eca_kernel_size(channels: int, gamma: float = 2, beta: float = 1) -> int:
@@ -27,6 +28,8 @@ def eca_kernel_size(channels: int, gamma: float = 2, beta: float = 1) -> int:
 
 class EcaModule(nn.Module):
     """Channel attention by a 1-D convolution over pooled channels; ``self.gate`` outputs (B, C, 1, 1)."""
+
+    attn_kind = "channel"   # cvattn.contracts.AttentionBlock: self.gate's output is the attention
 
     def __init__(
         self,

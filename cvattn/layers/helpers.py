@@ -5,7 +5,7 @@ from typing import Callable, Union
 
 import torch.nn as nn
 
-from cvattn._hints import did_you_mean
+from cvattn.checks import check_choice, did_you_mean
 
 LayerType = Union[str, Callable[..., nn.Module], None]
 
@@ -50,12 +50,5 @@ def get_act_layer(layer: LayerType) -> Callable[..., nn.Module]:
 
 
 def check_convention(convention: str) -> str:
-    if convention not in CONVENTIONS:
-        raise ValueError(f"Unknown convention {convention!r}: use 'paper' or 'timm'.")
-    return convention
-
-
-def check_channels(block: str, channels: int) -> int:
-    if not isinstance(channels, int) or channels < 1:
-        raise ValueError(f"{block} needs a positive integer number of channels, got {channels!r}.")
-    return channels
+    """``convention`` if it is ``'paper'`` or ``'timm'``, else a ``ValueError`` (``cvattn.checks.check_choice``)."""
+    return check_choice("convention", convention, CONVENTIONS)

@@ -13,11 +13,14 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from cvattn.layers.helpers import LayerType, check_channels, check_convention, get_act_layer, make_divisible
+from cvattn.checks import check_channels
+from cvattn.layers.helpers import LayerType, check_convention, get_act_layer, make_divisible
 
 
 class SEModule(nn.Module):
     """Channel attention by squeeze-and-excitation; the applied gate is the output of ``self.gate``, (B, C, 1, 1)."""
+
+    attn_kind = "channel"   # cvattn.contracts.AttentionBlock: self.gate's output is the attention
 
     def __init__(
         self,

@@ -9,25 +9,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
-from cvattn._hints import did_you_mean
+from cvattn.checks import check_choice, check_positive
 from cvattn.models import create_model
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULERS = ("cosine", "onecycle", "none")
-
-
-def check_choice(kind: str, value: str, accepted: tuple[str, ...]) -> str:
-    """``value`` if it is one of ``accepted``, else a ``ValueError`` naming it, the closest choice and the rest."""
-    if value not in accepted:
-        raise ValueError(f"Unknown {kind} {value!r}.{did_you_mean(value, accepted, n=1)} Accepted: "
-                         f"{', '.join(map(repr, accepted))}.")
-    return value
-
-
-def check_positive(name: str, value: float) -> None:
-    """``ValueError`` naming ``name`` and ``value`` unless ``value > 0``."""
-    if not value > 0:
-        raise ValueError(f"{name} must be > 0, got {value}.")
 
 
 class ImageClassifier(L.LightningModule):

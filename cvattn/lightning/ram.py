@@ -25,7 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
-from cvattn.lightning.classifier import check_choice, check_positive
+from cvattn.checks import check_choice, check_positive
 from cvattn.models import create_model
 from cvattn.models.ram import RecurrentAttention
 

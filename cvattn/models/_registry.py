@@ -11,7 +11,7 @@ from typing import Callable
 
 import torch.nn as nn
 
-from cvattn._hints import did_you_mean
+from cvattn.checks import did_you_mean
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 

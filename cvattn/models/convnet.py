@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from cvattn.checks import check_images
 from cvattn.layers import get_attn
 from cvattn.models._registry import register_model
 
@@ -52,9 +53,7 @@ class ConvNet(nn.Module):
         self.fc = nn.Linear(2 * width, num_classes)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim != 4 or x.shape[1] != self.in_chans:
-            raise ValueError(f"ConvNet was built for in_chans={self.in_chans} and takes (B, {self.in_chans}, H, W) "
-                             f"images; got a tensor of shape {tuple(x.shape)}.")
+        check_images("ConvNet", x, self.in_chans)
         return self.blocks(x)                                    # (B, 2 * width, H / 4, W / 4)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:

@@ -47,7 +47,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cvattn._hints import did_you_mean
+from cvattn.checks import check_images, did_you_mean
 from cvattn.models._registry import register_model
 
 CORES = {"rnn": partial(nn.RNNCell, nonlinearity="relu"), "lstm": nn.LSTMCell, "gru": nn.GRUCell}
@@ -133,9 +133,7 @@ class GlimpseSensor(nn.Module):
 
     def pyramid(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Levels 0..k-1 of (B, C, H, W) images: level i averages 2^i × 2^i blocks, ⌈H/2^i⌉ × ⌈W/2^i⌉ pixels."""
-        if x.ndim != 4 or x.shape[1] != self.pad_value.numel():
-            raise ValueError(f"GlimpseSensor was built for {self.pad_value.numel()} channel(s) and takes "
-                             f"(B, C, H, W) images; got shape {tuple(x.shape)}.")
+        check_images("GlimpseSensor", x, self.pad_value.numel())
         self.check_image_size(*x.shape[-2:])
         levels = [x]
         for _ in range(self.num_scales - 1):

@@ -19,6 +19,7 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
+from cvattn.checks import check_images
 from cvattn.layers import get_attn
 from cvattn.models._registry import register_model
 
@@ -110,14 +111,9 @@ class ResNet(nn.Module):
             if isinstance(m, BasicBlock):
                 nn.init.zeros_(m.bn2.weight)
 
-    def _check_input(self, x: torch.Tensor) -> None:
-        if x.ndim != 4 or x.shape[1] != self.in_chans:
-            raise ValueError(f"{type(self).__name__} was built for in_chans={self.in_chans} and takes (B, "
-                             f"{self.in_chans}, H, W) images; got a tensor of shape {tuple(x.shape)}.")
-
     def forward_intermediates(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Every stage's output map, (B, C_i, H / reduction_i, W / reduction_i)."""
-        self._check_input(x)
+        check_images(type(self).__name__, x, self.in_chans)
         x = self.stem(x)
         maps = []
         for stage in self.stages:
@@ -127,7 +123,7 @@ class ResNet(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The last stage's map, (B, num_features, H', W')."""
-        self._check_input(x)
+        check_images(type(self).__name__, x, self.in_chans)
         return self.stages(self.stem(x))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:

@@ -33,8 +33,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cvattn._hints import did_you_mean
-from cvattn._state_dict import state_dict_differences
+from cvattn.checks import check_images, did_you_mean, state_dict_mismatch
 from cvattn.models._registry import register_model
 
 GLOBAL_POOLS = ("token", "avg")
@@ -325,9 +324,7 @@ class VisionTransformer(nn.Module):
 
     def _embed(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, tuple[int, int]]:
         """Images → (tokens (B, T, C), attention mask (T, T) or None, patch grid)."""
-        if x.ndim != 4 or x.shape[1] != self.in_chans:
-            raise ValueError(f"{type(self).__name__} was built for in_chans={self.in_chans} and takes (B, "
-                             f"{self.in_chans}, H, W) images; got a tensor of shape {tuple(x.shape)}.")
+        check_images(type(self).__name__, x, self.in_chans)
         grid = self.grid_size_for(x.shape[-2:])
         pos_embed = self.pos_embed
         if grid != self.patch_embed.grid_size:
@@ -411,19 +408,12 @@ class VisionTransformer(nn.Module):
         """``nn.Module.load_state_dict`` that, when ``strict``, fails with one ``ValueError`` naming the missing
         and unexpected keys and the shape mismatches (a checkpoint of another architecture or configuration)."""
         if strict:
-            own = self.state_dict()
-            missing, unexpected, mismatched = state_dict_differences(state_dict, own)
-            mismatched = [f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
-                          for k in mismatched]
-            if missing or unexpected or mismatched:
+            if problems := state_dict_mismatch(state_dict, self.state_dict()):
                 raise ValueError(
                     f"This state_dict does not fit {type(self).__name__}(img_size={self.patch_embed.img_size}, "
                     f"patch_size={self.patch_embed.patch_size[0]}, embed_dim={self.embed_dim}, "
-                    f"depth={len(self.blocks)}, num_classes={self.num_classes}): "
-                    f"missing keys {missing[:10]}{' …' * (len(missing) > 10)}; "
-                    f"unexpected keys {unexpected[:10]}{' …' * (len(unexpected) > 10)}; "
-                    f"shape mismatches {mismatched}. Build the model with the checkpoint's configuration, "
-                    f"or pass strict=False to load the matching part.")
+                    f"depth={len(self.blocks)}, num_classes={self.num_classes}): {problems}. Build the model with "
+                    f"the checkpoint's configuration, or pass strict=False to load the matching part.")
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
 

@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cvattn._hints import did_you_mean
+from cvattn.checks import did_you_mean
 # Imported for their registrations; the order is the order methods are listed in.
 from cvattn.saliency import gates, transformer, glimpses, gradcam, baselines  # noqa: F401
 from cvattn.saliency._registry import METHODS, available_methods

@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 import yaml
 
-from cvattn._state_dict import state_dict_differences
+from cvattn.checks import state_dict_mismatch
 from cvattn.checkpoint import load_checkpoint
 from cvattn.cli import CvattnCLI, unwritable_ancestor
 from cvattn.saliency._registry import available_methods
@@ -66,17 +66,10 @@ def load_weights(module: L.LightningModule, path: str | os.PathLike) -> None:
     target: nn.Module = module
     if not module.state_dict().keys() & state.keys() and isinstance(getattr(module, "model", None), nn.Module):
         target = module.model   # a bare network's state_dict
-    own = target.state_dict()
-    missing, unexpected, mismatched = state_dict_differences(state, own)
-    mismatched = [f"{key}: checkpoint {tuple(state[key].shape)} vs model {tuple(own[key].shape)}" for key in mismatched]
-    if missing or unexpected or mismatched:
-        def first(keys: list[str]) -> str:
-            return f"{keys[:8]}{' …' * (len(keys) > 8)}"
-
+    if problems := state_dict_mismatch(state, target.state_dict()):
         raise ValueError(
-            f"Checkpoint {str(path)!r} does not fit the config's model ({type(unwrap(module)).__name__}): missing "
-            f"keys {first(missing)}; unexpected keys {first(unexpected)}; shape mismatches {first(mismatched)}. Use "
-            f"the config the checkpoint was trained with (runs/<name>/version_N/config.yaml).")
+            f"Checkpoint {str(path)!r} does not fit the config's model ({type(unwrap(module)).__name__}): "
+            f"{problems}. Use the config the checkpoint was trained with (runs/<name>/version_N/config.yaml).")
     target.load_state_dict(state)
 
 

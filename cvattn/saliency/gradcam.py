@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from cvattn._hints import did_you_mean
+from cvattn.checks import did_you_mean
 from cvattn.saliency._registry import has_activation_maps, is_vit, register_method
 
 
