@@ -27,7 +27,8 @@ from pathlib import Path
 
 from _common import ROOT, hardware, newest_run, test_accuracy
 from cvattn.saliency import evaluate
-from cvattn.saliency.cli import build_from_config, load_weights
+from cvattn.checkpoint import load_weights
+from cvattn.config import build_from_config
 
 CONV_CONFIG = "configs/ram_fashion_mnist_60_cluttered_convnet2.yaml"
 RAM_CONFIG = "configs/ram_fashion_mnist_60_cluttered.yaml"

@@ -162,3 +162,19 @@ def _train_loaders(trainer: L.Trainer) -> list[Any]:
     elif not isinstance(loaders, (list, tuple)):
         loaders = [loaders]
     return [loader for loader in loaders if hasattr(loader, "state_dict") and hasattr(loader, "load_state_dict")]
+
+
+def load_weights(module: L.LightningModule, path: str | os.PathLike) -> None:
+    """Load a Lightning checkpoint (``state_dict`` of the module) or a bare network's ``state_dict``; a checkpoint
+    of another architecture is a ``ValueError`` naming the missing, unexpected and mis-shaped keys."""
+    checkpoint = load_checkpoint(path)
+    state = checkpoint.get("state_dict", checkpoint)
+    network = getattr(module, "model", None)
+    target: nn.Module = module
+    if not module.state_dict().keys() & state.keys() and isinstance(network, nn.Module):
+        target = network   # a bare network's state_dict
+    if problems := state_dict_mismatch(state, target.state_dict()):
+        raise ValueError(
+            f"Checkpoint {str(path)!r} does not fit the config's model ({type(network or module).__name__}): "
+            f"{problems}. Use the config the checkpoint was trained with (runs/<name>/version_N/config.yaml).")
+    target.load_state_dict(state)

@@ -18,59 +18,18 @@ import argparse
 import json
 import os
 import sys
-import warnings
 from pathlib import Path
 
 import lightning as L
 import torch
-import torch.nn as nn
-import yaml
 
-from cvattn.checks import state_dict_mismatch
-from cvattn.checkpoint import load_checkpoint
-from cvattn.cli import CvattnCLI, unwritable_ancestor
+from cvattn.checkpoint import load_weights
+from cvattn.cli import unwritable_ancestor
+from cvattn.config import build_from_config
 from cvattn.saliency._registry import available_methods
 from cvattn.saliency.api import default_methods, first_samples, saliency, unwrap
 from cvattn.saliency.evaluate import evaluate
 from cvattn.saliency.overlay import saliency_grid
-
-
-def build_from_config(config: str | os.PathLike) -> tuple[L.LightningModule, L.LightningDataModule]:
-    """The (untrained) LightningModule and the datamodule of a ``train.py`` config (its ``model`` and ``data``
-    sections; ``trainer`` settings play no part here, and a run's saved config may hold unparsable ones)."""
-    path = Path(config)
-    if not path.is_file():
-        raise FileNotFoundError(f"Config {str(config)!r} does not exist (or is not a file); give the YAML the model "
-                                f"was trained with, e.g. runs/<name>/version_N/config.yaml.")
-    try:
-        sections = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ValueError(f"Config {str(config)!r} is not valid YAML: {err}") from None
-    if not isinstance(sections, dict) or not {"model", "data"} <= sections.keys():
-        raise ValueError(f"Config {str(config)!r} needs 'model' and 'data' sections, as train.py configs have.")
-    args = {"model": sections["model"], "data": sections["data"],
-            "trainer": {"logger": False, "enable_progress_bar": False, "enable_model_summary": False}}
-    with warnings.catch_warnings():
-        # LightningCLI warns when `args` is given while sys.argv holds this program's own flags.
-        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
-        cli = CvattnCLI(L.LightningModule, L.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
-                        run=False, save_config_callback=None, seed_everything_default=False, args=args)
-    return cli.model, cli.datamodule
-
-
-def load_weights(module: L.LightningModule, path: str | os.PathLike) -> None:
-    """Load a Lightning checkpoint (``state_dict`` of the module) or a bare network's ``state_dict``; a checkpoint
-    of another architecture is a ``ValueError`` naming the missing, unexpected and mis-shaped keys."""
-    checkpoint = load_checkpoint(path)
-    state = checkpoint.get("state_dict", checkpoint)
-    target: nn.Module = module
-    if not module.state_dict().keys() & state.keys() and isinstance(getattr(module, "model", None), nn.Module):
-        target = module.model   # a bare network's state_dict
-    if problems := state_dict_mismatch(state, target.state_dict()):
-        raise ValueError(
-            f"Checkpoint {str(path)!r} does not fit the config's model ({type(unwrap(module)).__name__}): "
-            f"{problems}. Use the config the checkpoint was trained with (runs/<name>/version_N/config.yaml).")
-    target.load_state_dict(state)
 
 
 def check_writable(out: Path) -> None:
