@@ -28,9 +28,9 @@ from cvattn.models.ram import GlimpseTrajectory, RecurrentAttention
 from cvattn.models.vit import VisionTransformer
 from cvattn.saliency import (available_methods, deletion_auc, draw_glimpses, energy_in_box, evaluate, insertion_auc,
                              overlay, pointing_game, saliency, saliency_grid)
-from cvattn.saliency.api import normalise
 from cvattn.saliency.cli import main as cli_main
-from cvattn.saliency.glimpses import glimpse_map
+from cvattn.saliency.methods.glimpses import glimpse_map
+from cvattn.saliency.runtime import normalise
 from cvattn.saliency.metrics import default_tolerance
 
 torch.set_num_threads(1)

@@ -23,7 +23,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from matplotlib.figure import Figure
 
 from cvattn.saliency import available_methods, default_methods, figure_to_array, saliency, saliency_grid
-from cvattn.saliency.api import first_samples, inspection_mode, unwrap
+from cvattn.saliency.runtime import first_samples, inspection_mode, unwrap
 
 
 class SaliencyCallback(L.Callback):

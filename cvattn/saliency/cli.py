@@ -26,8 +26,9 @@ import torch
 from cvattn.checkpoint import load_weights
 from cvattn.cli import unwritable_ancestor
 from cvattn.config import build_from_config
-from cvattn.saliency._registry import available_methods
-from cvattn.saliency.api import default_methods, first_samples, saliency, unwrap
+from cvattn.saliency.api import default_methods, saliency
+from cvattn.saliency.registry import available_methods
+from cvattn.saliency.runtime import first_samples, unwrap
 from cvattn.saliency.evaluate import evaluate
 from cvattn.saliency.overlay import saliency_grid
 

@@ -3,7 +3,7 @@
 Maps are computed for the ground-truth class (the pointing game's definition, Zhang et al. 2016); deletion and
 insertion track the clean image's top-1 class (RISE's). The pointing game is averaged per class, then over
 classes (Zhang et al.); the other scores over images. The ``'random'`` and ``'center'`` baselines are always
-evaluated beside the requested methods (shared/reference.md: report the centre baseline beside the pointing game).
+evaluated beside the requested methods (Zhang et al. report the centre baseline beside every pointing game; docs/references.md).
 """
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ import lightning as L
 import torch
 import torch.nn as nn
 
-from cvattn.saliency.api import BASELINES, default_methods, saliency, unwrap
+from cvattn.saliency.api import BASELINES, default_methods, saliency
+from cvattn.saliency.runtime import unwrap
 from cvattn.saliency.metrics import deletion_auc, energy_in_box, insertion_auc, pointing_game
 
 

@@ -1,8 +1,7 @@
 """Does the map point at the object? Per-image scores for (B, H, W) maps and (B, 4) object boxes.
 
 Boxes are ``(x0, y0, x1, y1)`` in pixels with exclusive ends (docs/design.md, "Batches"); pixel (row r, column c)
-lies in the box when x0 ≤ c < x1 and y0 ≤ r < y1. Definitions follow /work/shared/reference.md,
-"Saliency evaluation":
+lies in the box when x0 ≤ c < x1 and y0 ≤ r < y1. Definitions (docs/references.md, "Saliency evaluation"):
 
 - ``pointing_game`` (Zhang et al., ECCV 2016): a hit when the map's maximum lies within ``tolerance`` pixels of
   the box (15 px at 224 px, scaled with the image side); ties between maxima are broken by a seeded random choice.
@@ -22,7 +21,8 @@ import torch
 import torch.nn as nn
 import torchvision.transforms.functional as TF
 
-from cvattn.saliency.api import inspection_mode, unwrap
+from cvattn.saliency.boxes import box_masks
+from cvattn.saliency.runtime import inspection_mode, unwrap
 
 REFERENCE_TOLERANCE = 15    # pixels at REFERENCE_SIZE, Zhang et al.
 REFERENCE_SIZE = 224
@@ -64,17 +64,6 @@ def pointing_game(maps: torch.Tensor, boxes: torch.Tensor, tolerance: float | No
     dx = torch.clamp(torch.maximum(x0 - cols, cols - (x1 - 1)), min=0)
     dy = torch.clamp(torch.maximum(y0 - rows, rows - (y1 - 1)), min=0)
     return torch.hypot(dx, dy) <= tolerance
-
-
-def box_masks(boxes: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
-    """(..., H, W) bool: which pixels have their centre inside each box of ``boxes`` (..., 4); for whole-pixel boxes,
-    the pixels (r, c) with x0 ≤ c < x1 and y0 ≤ r < y1."""
-    height, width = image_size
-    cols = torch.arange(width, device=boxes.device) + 0.5                       # pixel centres
-    rows = torch.arange(height, device=boxes.device) + 0.5
-    inside_x = (cols >= boxes[..., 0:1]) & (cols < boxes[..., 2:3])              # (..., W)
-    inside_y = (rows >= boxes[..., 1:2]) & (rows < boxes[..., 3:4])              # (..., H)
-    return inside_y[..., :, None] & inside_x[..., None, :]
 
 
 def energy_in_box(maps: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:

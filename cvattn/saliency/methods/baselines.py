@@ -10,20 +10,16 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from cvattn.saliency._registry import register_method
+from cvattn.saliency.registry import any_model, register_method
 
 
-def _any_model(model: nn.Module) -> bool:
-    return True
-
-
-@register_method("random", _any_model, "nothing")
+@register_method("random", any_model, "nothing")
 def random_map(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, seed: int = 0) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
     return torch.rand(images.shape[0], *images.shape[-2:], generator=generator).to(images.device)
 
 
-@register_method("center", _any_model, "nothing")
+@register_method("center", any_model, "nothing")
 def center_map(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, sigma: float = 0.25) -> torch.Tensor:
     if not sigma > 0:
         raise ValueError(f"sigma (the Gaussian's std as a fraction of the image side) must be > 0, got {sigma}.")

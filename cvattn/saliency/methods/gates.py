@@ -19,23 +19,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cvattn.layers import ChannelAttn, EcaModule, SEModule, SpatialAttn, attention_blocks, capture_attention
-from cvattn.saliency._registry import register_method
-
-CHANNEL_GATES = (SEModule, EcaModule, ChannelAttn)
+from cvattn.layers import capture_attention
+from cvattn.saliency.registry import gate_blocks, has_channel_gates, has_spatial_gates, register_method
 
 
-def has_spatial_gates(model: nn.Module) -> bool:
-    return any(isinstance(m, SpatialAttn) for m in model.modules())
-
-
-def has_channel_gates(model: nn.Module) -> bool:
-    return any(isinstance(m, CHANNEL_GATES) for m in model.modules())
-
-
-def select_blocks(model: nn.Module, kinds: tuple[type, ...], blocks: str | Sequence[str] | None) -> list[str]:
-    """Paths of the attention blocks of ``kinds`` that ``blocks`` selects (see the module docstring)."""
-    found = [path for path, block in attention_blocks(model).items() if isinstance(block, kinds)]
+def select_blocks(model: nn.Module, kind: str, blocks: str | Sequence[str] | None) -> list[str]:
+    """Paths of the ``kind`` ('channel' or 'spatial') attention blocks that ``blocks`` selects (module docstring)."""
+    found = list(gate_blocks(model, kind))
     if blocks is None:
         info = getattr(model, "feature_info", None)
         last_stage = info[-1]["module"] + "." if info else None
@@ -43,8 +33,8 @@ def select_blocks(model: nn.Module, kinds: tuple[type, ...], blocks: str | Seque
     prefixes = [blocks] if isinstance(blocks, str) else list(blocks)
     chosen = [path for path in found if any(path == p or path.startswith(p + ".") for p in prefixes)]
     if not chosen:
-        raise ValueError(f"blocks={blocks!r} selects none of this model's {'/'.join(k.__name__ for k in kinds)} "
-                         f"blocks; give module paths or prefixes of: {found}.")
+        raise ValueError(f"blocks={blocks!r} selects none of this model's {kind} attention blocks; give module "
+                         f"paths or prefixes of: {found}.")
     return chosen
 
 
@@ -57,7 +47,7 @@ def _upsampled_mean(maps: list[torch.Tensor], size: tuple[int, int]) -> torch.Te
 @register_method("spatial_gate", has_spatial_gates, "spatial attention gates (CBAM or 'spatial' blocks)")
 def spatial_gate(model: nn.Module, images: torch.Tensor, targets: torch.Tensor,
                  blocks: str | Sequence[str] | None = None) -> torch.Tensor:
-    paths = select_blocks(model, (SpatialAttn,), blocks)
+    paths = select_blocks(model, "spatial", blocks)
     with torch.no_grad(), capture_attention(model) as gates:
         model(images)
     return _upsampled_mean([gates[path][:, 0] for path in paths], images.shape[-2:])   # (B, H, W)
@@ -66,7 +56,7 @@ def spatial_gate(model: nn.Module, images: torch.Tensor, targets: torch.Tensor,
 @register_method("channel_gate", has_channel_gates, "channel attention gates (SE, ECA or CBAM blocks)")
 def channel_gate(model: nn.Module, images: torch.Tensor, targets: torch.Tensor,
                  blocks: str | Sequence[str] | None = None) -> torch.Tensor:
-    paths = select_blocks(model, CHANNEL_GATES, blocks)
+    paths = select_blocks(model, "channel", blocks)
     gated = {}
 
     def keep(path: str):

@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 
 from cvattn.checks import did_you_mean
-from cvattn.saliency._registry import has_activation_maps, is_vit, register_method
+from cvattn.saliency.registry import has_activation_maps, reads_attention, register_method
 
 
 def find_module(model: nn.Module, path: str) -> nn.Module:
@@ -35,7 +35,7 @@ def find_module(model: nn.Module, path: str) -> nn.Module:
 def default_layer(model: nn.Module) -> str:
     """Grad-CAM's layer when none is given: a ViT's last ``norm1`` (its last block's input tokens), otherwise the
     last entry of ``feature_info`` (the last feature map)."""
-    if is_vit(model):
+    if reads_attention(model):
         return f"blocks.{len(model.blocks) - 1}.norm1"
     if getattr(model, "feature_info", None):
         return model.feature_info[-1]["module"]
@@ -65,7 +65,7 @@ def activation_and_gradient(
 
 
 def _as_map(model: nn.Module, x: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
-    if x.ndim == 3 and is_vit(model):
+    if x.ndim == 3 and reads_attention(model):
         grid = model.grid_size_for(images.shape[-2:])
         patches = x[:, model.num_prefix_tokens:]                                  # (B, N, C)
         return patches.transpose(1, 2).reshape(x.shape[0], -1, *grid)           # (B, C, H/p, W/p)

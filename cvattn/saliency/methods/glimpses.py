@@ -10,19 +10,18 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from cvattn.saliency._registry import is_ram, register_method
+from cvattn.saliency.boxes import box_masks
+from cvattn.saliency.registry import register_method, takes_glimpses
 
 
 def glimpse_map(boxes: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
     """Step-weighted box indicators: boxes (B, T, 4) (x0, y0, x1, y1) in pixels → (B, H, W)."""
-    from cvattn.saliency.metrics import box_masks   # metrics imports the api, which imports this module
-
     steps = boxes.shape[1]
     weights = torch.arange(1, steps + 1, device=boxes.device, dtype=boxes.dtype) / steps          # (T,)
     return (box_masks(boxes, image_size) * weights[:, None, None]).sum(1)                        # (B, H, W)
 
 
-@register_method("glimpses", is_ram, "a recurrent attention model (cvattn.models.ram)")
+@register_method("glimpses", takes_glimpses, "a recurrent attention model (cvattn.models.ram)")
 def glimpses(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, scale: int = 0) -> torch.Tensor:
     from cvattn.models.ram import glimpse_boxes
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from cvattn.saliency._registry import is_vit, register_method
+from cvattn.saliency.registry import reads_attention, register_method
 
 VIT_NEEDS = "a Vision Transformer's attention (model.forward_attention)"
 
@@ -35,14 +35,14 @@ def _pooled_row_on_grid(model: nn.Module, relevance: torch.Tensor, images: torch
     return patches.reshape(-1, *model.grid_size_for(images.shape[-2:]))
 
 
-@register_method("attention", is_vit, VIT_NEEDS)
+@register_method("attention", reads_attention, VIT_NEEDS)
 def last_layer_attention(model: nn.Module, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         _, attn = model.forward_attention(images)                               # (B, L, heads, T, T)
     return _pooled_row_on_grid(model, attn[:, -1].mean(1), images)
 
 
-@register_method("rollout", is_vit, VIT_NEEDS)
+@register_method("rollout", reads_attention, VIT_NEEDS)
 def attention_rollout(model: nn.Module, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         _, attn = model.forward_attention(images)                               # (B, L, heads, T, T)
@@ -55,7 +55,7 @@ def attention_rollout(model: nn.Module, images: torch.Tensor, targets: torch.Ten
     return _pooled_row_on_grid(model, rollout, images)
 
 
-@register_method("grad_rollout", is_vit, VIT_NEEDS)
+@register_method("grad_rollout", reads_attention, VIT_NEEDS)
 def gradient_rollout(model: nn.Module, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     logits, maps = model.forward_attention(images.detach().requires_grad_(True), stack=False)
     grads = torch.autograd.grad(logits.gather(1, targets[:, None]).sum(), maps)  # L × (B, heads, T, T)
