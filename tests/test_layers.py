@@ -1,4 +1,7 @@
 """Attention blocks: parity with timm, both conventions, the factory and attention capture."""
+from collections import OrderedDict
+from functools import partial
+
 import pytest
 import timm.layers
 import timm.layers.cbam
@@ -158,3 +161,56 @@ def test_blocks_plug_into_timm_models(name):
     assert len(maps) == 8 * (2 if name.startswith("cbam") else 1)
     double = create_attn(name, 16, dtype=torch.float64)
     assert all(p.dtype == torch.float64 for p in double.parameters())
+
+
+class PositionGate(nn.Module):
+    """A user's block, registered nowhere and importing nothing from cvattn: it offers the contract's
+    ``attn_kind`` and ``gate``, so the models, ``capture_attention`` and the gate maps find it."""
+
+    attn_kind = "spatial"
+
+    def __init__(self, channels: int, kernel_size: int = 3):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 1, kernel_size, padding=kernel_size // 2)
+        self.gate = nn.Sigmoid()
+
+    def forward(self, x):
+        return x * self.gate(self.conv(x.mean(1, keepdim=True)))       # (B, C, H, W) * (B, 1, H, W)
+
+
+@pytest.mark.parametrize("name, blocks, size", [("resnet20", 9, 32), ("convnet2", 2, 28)])
+def test_a_user_block_plugs_into_the_models_and_is_captured(name, blocks, size):
+    import cvattn
+    from cvattn.layers import attention_blocks, get_attn
+
+    assert get_attn(PositionGate) is PositionGate
+    model = cvattn.create_model(name, attn_layer=PositionGate, attn_kwargs=dict(kernel_size=5), in_chans=3)
+    found = attention_blocks(model)
+    assert len(found) == blocks and all(isinstance(b, PositionGate) for b in found.values())
+    assert all(path.endswith(".attn") and b.conv.kernel_size == (5, 5) for path, b in found.items())
+    for m in model.modules():       # undo the ResNet's zero-init of each branch's last BN, so gradients reach the gates
+        if isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+    x = torch.randn(2, 3, size, size)
+    with capture_attention(model) as maps:
+        model(x).sum().backward()
+    assert list(maps) == list(found)                                   # every block's gate, in forward order
+    first_path, first = next(iter(found.items()))
+    assert maps[first_path].shape[1] == 1 and ((maps[first_path] > 0) & (maps[first_path] < 1)).all()
+    assert first.conv.weight.grad.abs().sum() > 0                       # the block is in the graph
+
+
+def test_get_attn_takes_callables_and_refuses_other_values():
+    from cvattn.layers import attention_blocks, get_attn
+
+    wide_se = partial(SEModule, rd_ratio=1 / 4)
+    assert get_attn(wide_se) is wide_se and create_attn(wide_se, 64).fc1.out_channels == 16
+    assert get_attn("NONE") is None and get_attn("SE") is SEModule
+    with pytest.raises(ValueError, match=r"attn_layer must be a block name, a block class or a callable.*got 3 "
+                                         r"of type int.*'cbam'"):
+        get_attn(3)
+
+    class Typo(PositionGate):
+        attn_kind = "spatail"
+    with pytest.raises(ValueError, match=r"Typo at 'block' declares attn_kind='spatail'. Did you mean 'spatial'"):
+        attention_blocks(nn.Sequential(OrderedDict(block=Typo(4))))

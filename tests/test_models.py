@@ -3,6 +3,7 @@ import pytest
 import torch
 
 import cvattn
+from cvattn.contracts import FeatureBackbone
 from cvattn.layers import CbamModule, EcaModule, SEModule, SpatialAttn, capture_attention
 from cvattn.models.resnet import BasicBlock
 
@@ -119,3 +120,74 @@ def test_conv_fc_baseline_is_mnih_2014s():
         model(torch.randn(2, 1, 28, 28))
     with pytest.raises(ValueError, match="img_size=8 is smaller than kernel_size=10"):
         cvattn.create_model("conv_fc_baseline", img_size=8)
+
+
+# ---- every registered model: builds, trains, and honours (or explicitly refuses) the backbone contract ----------
+NOT_BACKBONES = {name for name in cvattn.list_models() if name.startswith("ram_")}   # hard attention: no maps
+
+
+def natural_input(name: str, model: torch.nn.Module) -> torch.Tensor:
+    """A small batch at the size the model is made for: the name's suffix (_28, _60, _224...), else 28 for convnet2,
+    60 for the RAM paper's conv baseline and 32 for the CIFAR-style ResNets."""
+    suffix = name.rsplit("_", 1)[-1]
+    size = int(suffix) if suffix.isdigit() else {"convnet2": 28, "conv_fc_baseline": 60}.get(name, 32)
+    in_chans = model.in_chans if hasattr(model, "in_chans") else len(model.sensor.pad_value)
+    return torch.randn(1 if size >= 224 else 2, in_chans, size, size, generator=torch.Generator().manual_seed(0))
+
+
+def output_of(model: torch.nn.Module, path: str, x: torch.Tensor) -> torch.Tensor:
+    """The output of the module at ``path`` during ``model.forward_features(x)`` (a ViT block's: its tokens)."""
+    kept = []
+    handle = model.get_submodule(path).register_forward_hook(lambda m, i, out: kept.append(out))
+    try:
+        model.forward_features(x)
+    finally:
+        handle.remove()
+    out = kept[-1]
+    return out[0] if isinstance(out, tuple) else out
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n.endswith("_224") else n
+                                  for n in cvattn.list_models()])
+def test_every_registered_model_trains_and_keeps_the_backbone_contract(name):
+    torch.manual_seed(0)
+    model = cvattn.create_model(name)
+    x = natural_input(name, model).requires_grad_(True)
+    logits = model(x)
+    assert logits.shape[0] == x.shape[0] and logits.ndim == 2 and torch.isfinite(logits).all()
+    logits.logsumexp(1).sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0        # the backward pass reached the input
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+    x = x.detach()
+    if name in NOT_BACKBONES:
+        assert not isinstance(model, FeatureBackbone) and not hasattr(model, "feature_info")
+        with pytest.raises(ValueError, match=r"no feature maps, so no features_only backbone"):
+            cvattn.create_model(name, features_only=True)
+        return
+    assert isinstance(model, FeatureBackbone)
+    model.eval()
+    info, size = model.feature_info, x.shape[-1]
+    features = model.forward_features(x)
+    torch.testing.assert_close(model.forward_head(features), model(x))
+    last = output_of(model, info[-1]["module"], x)
+    if features.ndim == 4:      # CNNs: forward_features is exactly the named module's map
+        torch.testing.assert_close(features, last, rtol=0, atol=0)
+        assert features.shape[1] == info[-1]["num_chs"] and size // features.shape[-1] == info[-1]["reduction"]
+    else:                       # ViTs: the named block's tokens after the final norm (timm's layout)
+        torch.testing.assert_close(features, model.norm(last), rtol=0, atol=0)
+        grid = size // info[-1]["reduction"]
+        assert features.shape[1:] == (model.num_prefix_tokens + grid * grid, info[-1]["num_chs"])
+
+    backbone = cvattn.create_model(name, features_only=True).eval()
+    backbone.load_state_dict(model.state_dict(), strict=False)
+    maps = backbone(x)
+    assert backbone.feature_info == info
+    # reduction: the total stride, so input size // map size (an unpadded convolution's map is a little smaller)
+    assert [(m.shape[1], size // m.shape[-2], size // m.shape[-1]) for m in maps] == [
+        (f["num_chs"], f["reduction"], f["reduction"]) for f in backbone.feature_info]
+    if features.ndim == 4:
+        torch.testing.assert_close(maps[-1], features)
+    else:                       # the same block's patch tokens, as a (B, C, H/p, W/p) map
+        patches = last[:, model.num_prefix_tokens:].transpose(1, 2).reshape(maps[-1].shape)
+        torch.testing.assert_close(maps[-1], patches)

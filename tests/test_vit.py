@@ -51,7 +51,8 @@ def test_registered_configs_match_timm_names():
     for name in ("vit_small_patch16_224", "vit_base_patch16_224"):
         with torch.device("meta"):
             ours, theirs = create_model(name), timm.create_model(name, pretrained=False)
-        assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in theirs.state_dict().items()}
+        assert ({k: v.shape for k, v in ours.state_dict().items()}
+                == {k: v.shape for k, v in theirs.state_dict().items()})
     # omihub777/ViT-CIFAR's from-scratch model has 6.3M parameters.
     params = sum(p.numel() for p in create_model("vit_small_patch4_32").parameters())
     assert 6.2e6 < params < 6.4e6
@@ -280,8 +281,8 @@ def test_foreign_state_dict_error_names_keys_and_shapes():
         model.load_state_dict({"conv1.weight": torch.zeros(1), **{k: v for k, v in model.state_dict().items()
                                                                    if k != "blocks.0.attn.proj.bias"}})
     wider = VisionTransformer(**{**TINY_28, "embed_dim": 96})
-    with pytest.raises(ValueError, match=r"keys of another shape: \d+ \(e\.g\. blocks\.0\.attn\.proj\.bias \(96,\) in the checkpoint vs "
-                                         r"\(48,\) in the model"):
+    with pytest.raises(ValueError, match=r"keys of another shape: \d+ \(e\.g\. blocks\.0\.attn\.proj\.bias \(96,\) in "
+                                         r"the checkpoint vs \(48,\) in the model"):
         model.load_state_dict(wider.state_dict())
     with pytest.raises(ValueError, match="unexpected keys"):
         model.load_state_dict(create_model("resnet20").state_dict())

@@ -3,9 +3,8 @@
 A subclass says what its data is (``num_classes``, ``in_chans``, ``object_size``, ``dataset_mean``,
 ``dataset_std``, ``class_names``) and how to load a split (``_load_split``); this base holds the images in
 memory, holds out a seeded validation part of the training split (the test split is touched once, for the final
-test, as ``shared/reference.md`` asks), applies the albumentations pipeline, optionally places the images on
-translated/cluttered canvases, and builds loaders whose training order and randomness depend only on
-``(seed, epoch, index)``.
+test), applies the albumentations pipeline, optionally places the images on translated/cluttered canvases, and
+builds loaders whose training order and randomness depend only on ``(seed, epoch, index)``.
 
 Batches are ``(images, labels)``, or ``(images, labels, boxes)`` with a canvas (see docs/design.md, "Batches").
 Canvases are not standardised: with a canvas ``mean`` is 0 and ``std`` is 1, so pixels stay in [0, 1] with

@@ -1,5 +1,5 @@
 """Translated and cluttered canvases (Mnih, Heess, Graves, Kavukcuoglu. "Recurrent Models of Visual
-Attention", NIPS 2014; see ``shared/reference.md``, "Recurrent attention model").
+Attention", NIPS 2014; docs/references.md, "Recurrent attention model").
 
 Translated: the object on a blank ``canvas_size``² canvas at a random position. Cluttered: first
 ``num_distractors`` random ``distractor_size``² crops of *other* images of the same split at random positions,

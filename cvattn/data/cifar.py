@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 import torch
-import torchvision
 
 from cvattn.data.base import ImageDataModule
+from cvattn.data.download import find_or_download
 
 
 class _ArrayUnpickler(pickle.Unpickler):
@@ -86,20 +86,16 @@ class _CifarDataModule(ImageDataModule):
     def _find_folder(self) -> Path:
         folder = Path(self.data_dir) / self.folder
         wanted = [*self.train_files, self.test_file, self.meta_file]
-        if not (missing := [name for name in wanted if not (folder / name).is_file()]):
-            return folder
-        if not self.download:
-            download_note = "download=False"
-        else:
-            try:
-                getattr(torchvision.datasets, self.torchvision_name)(root=self.data_dir, download=True)
-                download_note = "the download finished but left files missing"
-            except Exception as err:  # network, HTTP and archive errors all mean "not available"
-                download_note = f"the download failed: {type(err).__name__}: {err}"
-            if not (missing := [name for name in wanted if not (folder / name).is_file()]):
-                return folder
+
+        def missing() -> list[str]:
+            return [name for name in wanted if not (folder / name).is_file()]
+
+        found, download_note = find_or_download(lambda: None if missing() else folder, self.torchvision_name,
+                                                self.download, root=self.data_dir)
+        if found is not None:
+            return found
         raise FileNotFoundError(
-            f"{type(self).__name__}: {folder} lacks {missing}. Put the dataset's python version there "
+            f"{type(self).__name__}: {folder} lacks {missing()}. Put the dataset's python version there "
             f"(data_dir={self.data_dir!r}), or let torchvision download it (download=True; here {download_note})."
         )
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import torchvision
 
 from cvattn.data.base import ImageDataModule
+from cvattn.data.download import find_or_download
 from cvattn.data.idx import read_idx
 
 _SPLIT_FILES = {
@@ -71,19 +71,12 @@ class _IdxDataModule(ImageDataModule):
         """The split's (images, labels) files, downloading them if needed and allowed."""
         data_dir = Path(self.data_dir)
         search = [data_dir, data_dir / self.torchvision_name / "raw", Path(self.system_dir)]
-        if (found := _find_pair(search, _SPLIT_FILES[train])) is not None:
+        names = _SPLIT_FILES[train]
+        found, download_note = find_or_download(lambda: _find_pair(search, names), self.torchvision_name,
+                                                self.download, root=str(data_dir), train=train)
+        if found is not None:
             return found
-        if not self.download:
-            download_note = "download=False"
-        else:
-            try:
-                getattr(torchvision.datasets, self.torchvision_name)(root=str(data_dir), train=train, download=True)
-                download_note = "the download finished but left no IDX files there"
-            except Exception as err:  # network, HTTP and archive errors all mean "not available"
-                download_note = f"the download failed: {type(err).__name__}: {err}"
-            if (found := _find_pair(search, _SPLIT_FILES[train])) is not None:
-                return found
-        images, labels = _SPLIT_FILES[train]
+        images, labels = names
         raise FileNotFoundError(
             f"{type(self).__name__}: no {images}[.gz] and {labels}[.gz] in any of "
             f"{', '.join(str(d) for d in search)}. Get them one of three ways: put the IDX files in data_dir="

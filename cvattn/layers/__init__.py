@@ -1,5 +1,19 @@
 """Attention blocks: one concept per file, one constructor vocabulary (``channels`` first, ``rd_ratio``,
-``act_layer``, ``gate_layer``), built by name with ``create_attn``."""
+``act_layer``, ``gate_layer``), built by name with ``create_attn``.
+
+The block contract (``cvattn.contracts.AttentionBlock``). A module is an attention block, found by
+``capture_attention`` / ``attention_blocks``, the gate saliency maps and the models, when it offers:
+
+- ``attn_kind``, a class attribute: ``'channel'`` (one weight per channel) or ``'spatial'`` (one per position);
+- ``gate``, a submodule whose output is the attention the block applies: (B, C, 1, 1) for ``'channel'``,
+  (B, 1, H, W) for ``'spatial'`` (usually the final sigmoid, so the hook sees exactly the applied weights);
+- a constructor ``Block(channels, **kwargs)``, which is what a model's ``attn_layer`` slot calls.
+
+A block with two gates is made of two blocks, each found on its own (``CbamModule`` = ``ChannelAttn`` then
+``SpatialAttn``). Nothing needs to be imported from cvattn: a user's block with these attributes works as
+``create_model("resnet20", attn_layer=MyBlock)``. Adding a block to the package is its file plus one entry, its
+name, in ``create_attn._ATTN`` (and, for a public name, an export here).
+"""
 from cvattn.layers.capture import attention_blocks, capture_attention
 from cvattn.layers.cbam import CbamModule, ChannelAttn, SpatialAttn
 from cvattn.layers.create_attn import create_attn, get_attn, list_attn

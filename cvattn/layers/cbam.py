@@ -17,8 +17,8 @@ spatial input     [max, mean]                      [mean, max]
 
 Deviations: the MLP layers are 1×1 convolutions, so state_dicts load timm's weights directly. The max pools are
 ``max`` (the gradient goes to one arg-max), not timm's ``amax`` (the gradient split among tied maxima): outputs are
-identical and so are gradients wherever the maximum is unique, and the backward pass is 2-5× cheaper on a CPU
-(index scatter instead of comparing the whole input with its maximum), which makes CBAM faster than timm's.
+identical and so are gradients wherever the maximum is unique, and the backward pass scatters to the arg-max instead
+of comparing the whole input with its maximum (timings in docs/results.md).
 """
 from __future__ import annotations
 

@@ -1,8 +1,15 @@
-"""``create_attn(name, channels, **kwargs)``: attention blocks by name, as models' ``attn_layer`` takes them."""
+"""``get_attn`` / ``create_attn``: attention blocks by name, as models' ``attn_layer`` takes them.
+
+``_ATTN`` below is the one registration point: one entry per name. A dict rather than a ``register_attn``
+decorator, because a block file then needs nothing from cvattn (any module with ``attn_kind`` and ``gate`` is a
+block, see ``cvattn.layers``), every accepted name is read in one place, and a name can carry options
+(``'se_timm'`` is ``SEModule`` with ``convention='timm'``), which a class decorator does not express. A block that
+is not registered is passed as itself: ``attn_layer=MyBlock`` (a class or any callable ``(channels, **kwargs)``).
+"""
 from __future__ import annotations
 
 from functools import partial
-from typing import Callable
+from typing import Callable, Union
 
 import torch.nn as nn
 
@@ -10,6 +17,8 @@ from cvattn.checks import did_you_mean
 from cvattn.layers.cbam import CbamModule, ChannelAttn, SpatialAttn
 from cvattn.layers.eca import EcaModule
 from cvattn.layers.se import SEModule
+
+AttnLayer = Union[str, Callable[..., nn.Module], None]   # what a model's attn_layer accepts
 
 _ATTN: dict[str, Callable[..., nn.Module]] = {
     "se": SEModule,
@@ -30,21 +39,33 @@ def list_attn() -> list[str]:
     return sorted(_ATTN)
 
 
-def get_attn(name: str | None) -> Callable[..., nn.Module] | None:
-    """The block constructor for ``name``; ``None`` for no attention (``None`` or ``'none'``)."""
-    if name is None or name.lower() in _NONE:
+def get_attn(attn_layer: AttnLayer) -> Callable[..., nn.Module] | None:
+    """The block constructor for ``attn_layer``: a registered name (see ``list_attn()``), a block class or any
+    callable ``(channels, **kwargs) -> nn.Module`` (returned as it is, as timm's ``get_attn`` does); ``None`` for no
+    attention (``None`` or ``'none'``)."""
+    if attn_layer is None:
         return None
-    key = name.lower()
+    if not isinstance(attn_layer, str):
+        if callable(attn_layer):
+            return attn_layer
+        raise ValueError(f"attn_layer must be a block name, a block class or a callable (channels, **kwargs); got "
+                         f"{attn_layer!r} of type {type(attn_layer).__name__}. Names: 'none', "
+                         f"{', '.join(map(repr, list_attn()))}.")
+    key = attn_layer.lower()
+    if key in _NONE:
+        return None
     if key not in _ATTN:
         hint = did_you_mean(key, [*_ATTN, "none"])
-        raise ValueError(f"Unknown attention {name!r}.{hint} Accepted: 'none', {', '.join(map(repr, list_attn()))}.")
+        raise ValueError(f"Unknown attention {attn_layer!r}.{hint} Accepted: 'none', "
+                         f"{', '.join(map(repr, list_attn()))}.")
     return _ATTN[key]
 
 
-def create_attn(name: str | None, channels: int, **kwargs) -> nn.Module | None:
-    """Build the attention block ``name`` for ``channels`` channels (``None`` for ``'none'``).
+def create_attn(attn_layer: AttnLayer, channels: int, **kwargs) -> nn.Module | None:
+    """Build the attention block ``attn_layer`` (a name, a class or a callable) for ``channels`` channels
+    (``None`` for ``'none'``).
 
     >>> create_attn("cbam", 64, rd_ratio=1 / 8)
     """
-    block = get_attn(name)
+    block = get_attn(attn_layer)
     return None if block is None else block(channels, **kwargs)

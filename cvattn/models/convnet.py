@@ -8,6 +8,10 @@ conv 3×3 → BN → ReLU → conv 3×3 → BN → attention → ReLU → 2×2 m
 Attention) on the translated and cluttered canvases: one layer of 8 filters of 10×10 with stride 5, ReLU, a fully
 connected layer of 256 ReLU units, a linear classifier. The paper gives no padding, so the convolution has none
 (60×60 → 11×11); 251k parameters at 60×60, about as many as ``ram_60`` (257k).
+
+Both are timm-style backbones: ``forward_features`` returns the last feature map, the output of the module that
+``feature_info[-1]['module']`` names, and ``features_only=True`` builds one whose ``forward`` returns the maps that
+``feature_info`` lists (``convnet2``: both blocks; ``conv_fc_baseline``: its convolution).
 """
 from __future__ import annotations
 
@@ -16,11 +20,12 @@ import torch.nn as nn
 
 from cvattn.checks import check_images
 from cvattn.layers import get_attn
+from cvattn.layers.create_attn import AttnLayer
 from cvattn.models._registry import register_model
 
 
 class ConvBlock(nn.Module):
-    def __init__(self, in_chs: int, out_chs: int, attn_layer: str | None, attn_kwargs: dict | None):
+    def __init__(self, in_chs: int, out_chs: int, attn_layer: AttnLayer, attn_kwargs: dict | None):
         super().__init__()
         self.conv1 = nn.Conv2d(in_chs, out_chs, 3, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(out_chs)
@@ -37,10 +42,14 @@ class ConvBlock(nn.Module):
 
 
 class ConvNet(nn.Module):
-    """Two ``ConvBlock``s of ``width`` and ``2 * width`` channels, then pool and classify."""
+    """Two ``ConvBlock``s of ``width`` and ``2 * width`` channels, then pool and classify.
 
-    def __init__(self, num_classes: int = 10, in_chans: int = 1, width: int = 32, attn_layer: str | None = None,
-                 attn_kwargs: dict | None = None, drop_rate: float = 0.0):
+    ``features_only=True``: no classifier, and ``forward`` returns both blocks' maps, (B, width, H/2, W/2) and
+    (B, 2·width, H/4, W/4), as ``feature_info`` lists them.
+    """
+
+    def __init__(self, num_classes: int = 10, in_chans: int = 1, width: int = 32, attn_layer: AttnLayer = None,
+                 attn_kwargs: dict | None = None, drop_rate: float = 0.0, features_only: bool = False):
         super().__init__()
         get_attn(attn_layer)
         self.in_chans = in_chans
@@ -49,8 +58,19 @@ class ConvNet(nn.Module):
         self.feature_info = [dict(num_chs=width, reduction=2, module="blocks.0"),
                              dict(num_chs=2 * width, reduction=4, module="blocks.1")]
         self.num_features = 2 * width
-        self.head_drop = nn.Dropout(drop_rate)
-        self.fc = nn.Linear(2 * width, num_classes)
+        self.features_only = features_only
+        if not features_only:
+            self.head_drop = nn.Dropout(drop_rate)
+            self.fc = nn.Linear(2 * width, num_classes)
+
+    def forward_intermediates(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Both blocks' maps, (B, width, H/2, W/2) and (B, 2·width, H/4, W/4)."""
+        check_images("ConvNet", x, self.in_chans)
+        maps = []
+        for block in self.blocks:
+            x = block(x)
+            maps.append(x)
+        return maps
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         check_images("ConvNet", x, self.in_chans)
@@ -60,7 +80,9 @@ class ConvNet(nn.Module):
         x = self.head_drop(x.mean((2, 3)))
         return x if pre_logits else self.fc(x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        if self.features_only:
+            return self.forward_intermediates(x)
         return self.forward_head(self.forward_features(x))
 
 
@@ -73,37 +95,49 @@ def convnet2(**kwargs) -> ConvNet:
 class ConvFCBaseline(nn.Module):
     """One strided convolution, ReLU, one hidden fully connected layer, ReLU, a linear classifier.
 
+    ``forward_features`` returns the convolution's map (B, filters, side, side), the output of ``self.conv`` that
+    ``feature_info`` names (Grad-CAM's default layer); ``forward_head`` applies the ReLU, the hidden layer and the
+    classifier (``pre_logits=True``: the hidden layer's (B, hidden) output). ``features_only=True``: no hidden layer
+    or classifier, ``forward`` returns ``[conv map]``.
+
     Args:
         num_classes, in_chans: classes and image channels.
         img_size: the (square) input size, which sets the hidden layer's input width.
         filters, kernel_size, stride: the convolution (paper: 8, 10, 5).
         hidden: the fully connected layer's width (paper: 256).
+        features_only: build the backbone only (the convolution).
     """
 
     def __init__(self, num_classes: int = 10, in_chans: int = 1, img_size: int = 60, filters: int = 8,
-                 kernel_size: int = 10, stride: int = 5, hidden: int = 256):
+                 kernel_size: int = 10, stride: int = 5, hidden: int = 256, features_only: bool = False):
         super().__init__()
         if img_size < kernel_size:
             raise ValueError(f"img_size={img_size} is smaller than kernel_size={kernel_size}; the convolution has "
                              f"no padding, so images must be at least {kernel_size} pixels wide.")
         self.in_chans, self.img_size = in_chans, img_size
         self.conv = nn.Conv2d(in_chans, filters, kernel_size, stride=stride)
-        self.feature_info = [dict(num_chs=filters, reduction=stride, module="conv")]   # Grad-CAM's default layer
-        side = (img_size - kernel_size) // stride + 1
-        self.fc = nn.Linear(filters * side * side, hidden)
-        self.num_features = hidden
-        self.head = nn.Linear(hidden, num_classes)
+        self.feature_info = [dict(num_chs=filters, reduction=stride, module="conv")]
+        self.num_features = filters
+        self.head_hidden_size = hidden      # timm's name for the width forward_head(pre_logits=True) returns
+        self.features_only = features_only
+        if not features_only:
+            side = (img_size - kernel_size) // stride + 1
+            self.fc = nn.Linear(filters * side * side, hidden)
+            self.head = nn.Linear(hidden, num_classes)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4 or x.shape[1:] != (self.in_chans, self.img_size, self.img_size):
             raise ValueError(f"ConvFCBaseline was built for (B, {self.in_chans}, {self.img_size}, {self.img_size}) "
                              f"images (in_chans, img_size); got a tensor of shape {tuple(x.shape)}.")
-        return torch.relu(self.fc(torch.relu(self.conv(x)).flatten(1)))   # (B, hidden)
+        return self.conv(x)                                                 # (B, filters, side, side)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = torch.relu(self.fc(torch.relu(x).flatten(1)))                   # (B, hidden)
         return x if pre_logits else self.head(x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        if self.features_only:
+            return [self.forward_features(x)]
         return self.forward_head(self.forward_features(x))
 
 

@@ -6,7 +6,7 @@ g×g pixels, each next one twice as wide, all reduced to g×g. At every step a g
 fixed std around a function of h, and after the last glimpse an action network classifies. Locations are
 sampled, so no gradient reaches them: the location network learns by REINFORCE (``cvattn.lightning.RAMModule``).
 
-Paper sizes (``shared/reference.md``) are the defaults: glimpse network 128 (what) / 128 (where) → 256, ReLU;
+Paper sizes are the defaults: glimpse network 128 (what) / 128 (where) → 256, ReLU;
 core a ReLU RNN of 256. ``ram_28``: g=8, k=1, 6 glimpses; ``ram_60``: g=12, k=3, 8; ``ram_100``: g=12, k=4, 8.
 
 Conventions:
@@ -21,9 +21,8 @@ Choices the paper leaves open, and deviations:
   g×g window of level i whose centre is nearest to l. So patch 0 is centred to the nearest pixel corner and patch i
   to within 2^(i-1) pixels: each patch is placed on its own grid, at its own resolution. No gradient flows to the
   location, so finer placement buys nothing, and the pyramid is built once per image for all T glimpses. One
-  ``gather`` per level reads the windows of the whole batch: 1.6-1.9× faster on a CPU than cutting the largest patch
-  at the exact centre and pooling it, the sensor this replaced (bench/bench_glimpse.py), and a ram_60 training
-  step 1.7× faster, since the pyramid serves all 8 glimpses.
+  ``gather`` per level reads the windows of the whole batch, and the pyramid serves all T glimpses (timings against
+  cutting the largest patch at the exact centre and pooling it: docs/results.md).
 - Outside the image the sensor sees ``pad_value`` (one per channel): it should be black after the datamodule's
   normalisation, -mean/std: 0 for cvattn's canvases (not standardised), -0.81 for standardised Fashion-MNIST
   (``RAMModule`` sets it from the datamodule).
@@ -207,6 +206,9 @@ class RecurrentAttention(nn.Module):
     """The recurrent attention model; ``model(x)`` gives logits, ``model(x, return_trajectory=True)`` gives
     ``(logits, GlimpseTrajectory)``.
 
+    Not a feature backbone (``cvattn.contracts.FeatureBackbone``): it has no feature map, so no ``feature_info`` or
+    ``forward_features``, and ``create_model(..., features_only=True)`` is refused.
+
     Args:
         num_classes, in_chans: classes of the action network and image channels.
         num_glimpses: T, glimpses per image.
@@ -215,7 +217,8 @@ class RecurrentAttention(nn.Module):
         glimpse_hidden, loc_hidden: the glimpse network's "what" and "where" widths (paper: 128/128).
         hidden_size: the glimpse network's output and the core's state (paper: 256).
         core: ``'rnn'`` (ReLU RNN, the paper's), ``'lstm'`` or ``'gru'``.
-        std: the location policy's fixed std, in [-1, 1] units (0.05–0.17 works, shared/reference.md).
+        std: the location policy's fixed std, in [-1, 1] units (0.05–0.17 works; docs/references.md, "Recurrent
+            attention model").
         pad_value: what the sensor sees outside the image, one float or one per channel.
         random_glimpses: look at uniformly random locations instead (the policy control).
     """
@@ -288,6 +291,10 @@ class RecurrentAttention(nn.Module):
 
 
 def _ram(defaults: dict, kwargs: dict) -> RecurrentAttention:
+    if kwargs.pop("features_only", False):
+        raise ValueError("The recurrent attention model has no feature maps, so no features_only backbone: it sees "
+                         "the image only through glimpses, and its state is a vector (B, hidden_size). Read "
+                         "where it looked with model(x, return_trajectory=True), or use a CNN or ViT as a backbone.")
     return RecurrentAttention(**{**defaults, **kwargs})
 
 

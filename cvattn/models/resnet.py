@@ -6,7 +6,7 @@
   max-pool, the usual variant for 28×28 and 32×32 inputs.
 
 Every block has an ``attn_layer`` slot (``'none'``, ``'se'``, ``'eca'``, ``'cbam'``, ``'spatial'``, ... see
-``cvattn.list_attn()``) placed after the last BN of the residual branch, before the add, as in SENet, CBAM and
+``cvattn.list_attn()``; or a block class, see ``cvattn.layers``) placed after the last BN of the residual branch, before the add, as in SENet, CBAM and
 timm. ``se_resnet20``, ``cbam_resnet56`` and so on are registered shorthands.
 
 Deviation: down-sampling shortcuts are 1×1 convolutions + BN (the paper's option B) in all models; the paper's
@@ -21,13 +21,14 @@ import torch.nn as nn
 
 from cvattn.checks import check_images
 from cvattn.layers import get_attn
+from cvattn.layers.create_attn import AttnLayer
 from cvattn.models._registry import register_model
 
 
 class BasicBlock(nn.Module):
     """3×3 conv → BN → ReLU → 3×3 conv → BN → attention, plus the shortcut, then ReLU."""
 
-    def __init__(self, in_chs: int, out_chs: int, stride: int = 1, attn_layer: str | None = None,
+    def __init__(self, in_chs: int, out_chs: int, stride: int = 1, attn_layer: AttnLayer = None,
                  attn_kwargs: dict | None = None):
         super().__init__()
         self.conv1 = nn.Conv2d(in_chs, out_chs, 3, stride=stride, padding=1, bias=False)
@@ -64,7 +65,7 @@ class ResNet(nn.Module):
         widths: Sequence[int],
         num_classes: int = 10,
         in_chans: int = 3,
-        attn_layer: str | None = None,
+        attn_layer: AttnLayer = None,
         attn_kwargs: dict | None = None,
         drop_rate: float = 0.0,
         features_only: bool = False,
@@ -137,27 +138,105 @@ class ResNet(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-_ARCHS = {
+_ARCHS = {   # name -> (blocks per stage, widths)
     "resnet20": ((3, 3, 3), (16, 32, 64)),
     "resnet56": ((9, 9, 9), (16, 32, 64)),
     "resnet18": ((2, 2, 2, 2), (64, 128, 256, 512)),
 }
-_ATTN_PREFIXES = {"se": "se", "eca": "eca", "cbam": "cbam", "spatial": "spatial"}
 
 
-def _make_constructor(name: str, depths: Sequence[int], widths: Sequence[int], attn_layer: str | None):
-    def constructor(**kwargs) -> ResNet:
-        if attn_layer is not None:
-            kwargs.setdefault("attn_layer", attn_layer)
-        return ResNet(depths, widths, **kwargs)
-
-    constructor.__name__ = constructor.__qualname__ = name
-    what = f"{name.split('_')[-1]} with {attn_layer} attention" if attn_layer else name
-    constructor.__doc__ = f"{what}: depths {tuple(depths)}, widths {tuple(widths)}. Keyword arguments go to `ResNet`."
-    return constructor
+def _create_resnet(arch: str, kwargs: dict, attn_layer: AttnLayer = None) -> ResNet:
+    """``ResNet`` of ``arch``'s depths and widths; ``attn_layer`` is the variant's default, an ``attn_layer`` in
+    ``kwargs`` (the user's) wins."""
+    depths, widths = _ARCHS[arch]
+    return ResNet(depths, widths, **{"attn_layer": attn_layer, **kwargs})
 
 
-for _arch, (_depths, _widths) in _ARCHS.items():
-    register_model(_make_constructor(_arch, _depths, _widths, None))
-    for _prefix, _attn in _ATTN_PREFIXES.items():
-        register_model(_make_constructor(f"{_prefix}_{_arch}", _depths, _widths, _attn))
+@register_model
+def resnet20(**kwargs) -> ResNet:
+    """ResNet-20 for CIFAR, no attention (``attn_layer`` adds it)."""
+    return _create_resnet("resnet20", kwargs)
+
+
+@register_model
+def se_resnet20(**kwargs) -> ResNet:
+    """ResNet-20 for CIFAR, SE attention in every block."""
+    return _create_resnet("resnet20", kwargs, attn_layer="se")
+
+
+@register_model
+def eca_resnet20(**kwargs) -> ResNet:
+    """ResNet-20 for CIFAR, ECA attention in every block."""
+    return _create_resnet("resnet20", kwargs, attn_layer="eca")
+
+
+@register_model
+def cbam_resnet20(**kwargs) -> ResNet:
+    """ResNet-20 for CIFAR, CBAM attention in every block."""
+    return _create_resnet("resnet20", kwargs, attn_layer="cbam")
+
+
+@register_model
+def spatial_resnet20(**kwargs) -> ResNet:
+    """ResNet-20 for CIFAR, spatial-only (CBAM's spatial gate) attention in every block."""
+    return _create_resnet("resnet20", kwargs, attn_layer="spatial")
+
+
+@register_model
+def resnet56(**kwargs) -> ResNet:
+    """ResNet-56 for CIFAR, no attention (``attn_layer`` adds it)."""
+    return _create_resnet("resnet56", kwargs)
+
+
+@register_model
+def se_resnet56(**kwargs) -> ResNet:
+    """ResNet-56 for CIFAR, SE attention in every block."""
+    return _create_resnet("resnet56", kwargs, attn_layer="se")
+
+
+@register_model
+def eca_resnet56(**kwargs) -> ResNet:
+    """ResNet-56 for CIFAR, ECA attention in every block."""
+    return _create_resnet("resnet56", kwargs, attn_layer="eca")
+
+
+@register_model
+def cbam_resnet56(**kwargs) -> ResNet:
+    """ResNet-56 for CIFAR, CBAM attention in every block."""
+    return _create_resnet("resnet56", kwargs, attn_layer="cbam")
+
+
+@register_model
+def spatial_resnet56(**kwargs) -> ResNet:
+    """ResNet-56 for CIFAR, spatial-only (CBAM's spatial gate) attention in every block."""
+    return _create_resnet("resnet56", kwargs, attn_layer="spatial")
+
+
+@register_model
+def resnet18(**kwargs) -> ResNet:
+    """ResNet-18 on a 3×3 stride-1 stem, no attention (``attn_layer`` adds it)."""
+    return _create_resnet("resnet18", kwargs)
+
+
+@register_model
+def se_resnet18(**kwargs) -> ResNet:
+    """ResNet-18 on a 3×3 stride-1 stem, SE attention in every block."""
+    return _create_resnet("resnet18", kwargs, attn_layer="se")
+
+
+@register_model
+def eca_resnet18(**kwargs) -> ResNet:
+    """ResNet-18 on a 3×3 stride-1 stem, ECA attention in every block."""
+    return _create_resnet("resnet18", kwargs, attn_layer="eca")
+
+
+@register_model
+def cbam_resnet18(**kwargs) -> ResNet:
+    """ResNet-18 on a 3×3 stride-1 stem, CBAM attention in every block."""
+    return _create_resnet("resnet18", kwargs, attn_layer="cbam")
+
+
+@register_model
+def spatial_resnet18(**kwargs) -> ResNet:
+    """ResNet-18 on a 3×3 stride-1 stem, spatial-only (CBAM's spatial gate) attention in every block."""
+    return _create_resnet("resnet18", kwargs, attn_layer="spatial")

@@ -417,21 +417,6 @@ class VisionTransformer(nn.Module):
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
 
-# name → default constructor arguments; the 224 ones are timm's configurations of the same name.
-_CONFIGS: dict[str, dict] = {
-    "vit_tiny_patch16_224": dict(patch_size=16, embed_dim=192, depth=12, num_heads=3),
-    "vit_small_patch16_224": dict(patch_size=16, embed_dim=384, depth=12, num_heads=6),
-    "vit_base_patch16_224": dict(patch_size=16, embed_dim=768, depth=12, num_heads=12),
-    # 28×28 grayscale (MNIST, Fashion-MNIST): 7×7 patches of 4×4 pixels.
-    "vit_tiny_patch4_28": dict(img_size=28, patch_size=4, in_chans=1, num_classes=10, embed_dim=192, depth=12,
-                               num_heads=3),
-    # 32×32 colour (CIFAR): 8×8 patches of 4×4 pixels.
-    "vit_tiny_patch4_32": dict(img_size=32, patch_size=4, num_classes=10, embed_dim=192, depth=12, num_heads=3),
-    # The from-scratch CIFAR model of omihub777/ViT-CIFAR (7 blocks, width 384, MLP 384, 12 heads; 6.3M params,
-    # 90.92% on CIFAR-10 in 200 epochs).
-    "vit_small_patch4_32": dict(img_size=32, patch_size=4, num_classes=10, embed_dim=384, depth=7, num_heads=12,
-                                mlp_ratio=1.0),
-}
 _TIMM_PRETRAINED = ("vit_tiny_patch16_224", "vit_small_patch16_224", "vit_base_patch16_224")
 _CVATTN_ONLY_ARGS = ("local_window", "features_only", "out_indices")
 
@@ -453,17 +438,52 @@ def load_timm_pretrained(model: VisionTransformer, name: str, **kwargs) -> Visio
     return model
 
 
-def _make_constructor(name: str, config: dict):
-    def constructor(pretrained: bool = False, **kwargs) -> VisionTransformer:
-        model = VisionTransformer(**{**config, **kwargs})
-        return load_timm_pretrained(model, name, **kwargs) if pretrained else model
-
-    constructor.__name__ = constructor.__qualname__ = name
-    details = ", ".join(f"{k}={v}" for k, v in config.items())
-    constructor.__doc__ = (f"{name}: {details}. Keyword arguments go to `VisionTransformer`; `pretrained=True` "
-                           f"loads timm's ImageNet weights (224 models only, needs internet).")
-    return constructor
+def _create_vit(name: str, pretrained: bool, config: dict, kwargs: dict) -> VisionTransformer:
+    """``VisionTransformer(**config)`` with the user's ``kwargs`` on top; ``pretrained=True`` loads timm's ImageNet
+    weights of ``name`` (224 models only, needs internet)."""
+    model = VisionTransformer(**{**config, **kwargs})
+    return load_timm_pretrained(model, name, **kwargs) if pretrained else model
 
 
-for _name, _config in _CONFIGS.items():
-    register_model(_make_constructor(_name, _config))
+# The 224 models are timm's configurations of the same name; keyword arguments go to `VisionTransformer`.
+@register_model
+def vit_tiny_patch16_224(pretrained: bool = False, **kwargs) -> VisionTransformer:
+    """ViT-Ti/16 (timm's): 16×16 patches, width 192, 12 blocks, 3 heads."""
+    config = dict(patch_size=16, embed_dim=192, depth=12, num_heads=3)
+    return _create_vit("vit_tiny_patch16_224", pretrained, config, kwargs)
+
+
+@register_model
+def vit_small_patch16_224(pretrained: bool = False, **kwargs) -> VisionTransformer:
+    """ViT-S/16 (timm's): 16×16 patches, width 384, 12 blocks, 6 heads."""
+    config = dict(patch_size=16, embed_dim=384, depth=12, num_heads=6)
+    return _create_vit("vit_small_patch16_224", pretrained, config, kwargs)
+
+
+@register_model
+def vit_base_patch16_224(pretrained: bool = False, **kwargs) -> VisionTransformer:
+    """ViT-B/16 (the paper's and timm's): 16×16 patches, width 768, 12 blocks, 12 heads."""
+    config = dict(patch_size=16, embed_dim=768, depth=12, num_heads=12)
+    return _create_vit("vit_base_patch16_224", pretrained, config, kwargs)
+
+
+@register_model
+def vit_tiny_patch4_28(pretrained: bool = False, **kwargs) -> VisionTransformer:
+    """28×28 grayscale (MNIST, Fashion-MNIST), 10 classes: 7×7 patches of 4×4 pixels, ViT-Ti's width and depth."""
+    config = dict(img_size=28, patch_size=4, in_chans=1, num_classes=10, embed_dim=192, depth=12, num_heads=3)
+    return _create_vit("vit_tiny_patch4_28", pretrained, config, kwargs)
+
+
+@register_model
+def vit_tiny_patch4_32(pretrained: bool = False, **kwargs) -> VisionTransformer:
+    """32×32 colour (CIFAR), 10 classes: 8×8 patches of 4×4 pixels, ViT-Ti's width and depth."""
+    config = dict(img_size=32, patch_size=4, num_classes=10, embed_dim=192, depth=12, num_heads=3)
+    return _create_vit("vit_tiny_patch4_32", pretrained, config, kwargs)
+
+
+@register_model
+def vit_small_patch4_32(pretrained: bool = False, **kwargs) -> VisionTransformer:
+    """The from-scratch CIFAR model of omihub777/ViT-CIFAR: 32×32, 4×4 patches, 7 blocks, width 384, MLP 384,
+    12 heads (6.3M parameters)."""
+    config = dict(img_size=32, patch_size=4, num_classes=10, embed_dim=384, depth=7, num_heads=12, mlp_ratio=1.0)
+    return _create_vit("vit_small_patch4_32", pretrained, config, kwargs)
