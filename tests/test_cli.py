@@ -145,25 +145,25 @@ def test_ckpt_path_last_without_a_run(config_path, capsys):
 
 
 def test_newest_last_checkpoint_skips_runs_without_one(tmp_path):
-    from cvattn.cli import _newest_last_checkpoint
+    from cvattn.runs import newest_last_checkpoint
     for version, has_last in (("version_0", True), ("version_2", True), ("version_10", False), ("version_x", True)):
         (tmp_path / version / "checkpoints").mkdir(parents=True)
         if has_last:
             (tmp_path / version / "checkpoints" / "last.ckpt").touch()
-    assert _newest_last_checkpoint(tmp_path) == (2, tmp_path / "version_2" / "checkpoints" / "last.ckpt")
+    assert newest_last_checkpoint(tmp_path) == (2, tmp_path / "version_2" / "checkpoints" / "last.ckpt")
 
 
 def test_failed_run_leaves_no_empty_run_directory(tmp_path):
-    from cvattn.cli import _remove_partial_run
+    from cvattn.runs import remove_partial_run
     kept = tmp_path / "runs" / "a" / "version_0"
     (kept / "checkpoints").mkdir(parents=True)
     (kept / "checkpoints" / "last.ckpt").touch()
-    _remove_partial_run(kept)
+    remove_partial_run(kept)
     assert (kept / "checkpoints" / "last.ckpt").exists()          # a checkpoint is kept for --ckpt_path last
     partial = tmp_path / "runs" / "b" / "version_0"
     partial.mkdir(parents=True)
     (partial / "config.yaml").touch()
-    _remove_partial_run(partial)
+    remove_partial_run(partial)
     assert not (tmp_path / "runs" / "b").exists() and (tmp_path / "runs" / "a").exists()
 
 
@@ -173,9 +173,9 @@ def test_configs_take_the_distributed_and_fast_path_switches(config, tmp_path, m
     from lightning.pytorch.strategies import DDPStrategy
 
     from cvattn.checkpoint import AtomicCheckpointIO
-    from cvattn.cli import _build_cli
+    from cvattn.config import build_cli
     monkeypatch.chdir(tmp_path)
-    cli = _build_cli(["--config", str(config), "--trainer.accelerator", "cpu", "--trainer.devices", "2",
+    cli = build_cli(["--config", str(config), "--trainer.accelerator", "cpu", "--trainer.devices", "2",
                       "--trainer.strategy", "ddp", "--trainer.num_nodes", "1", "--trainer.precision", "bf16-mixed"])
     assert isinstance(cli.trainer.strategy, DDPStrategy)
     assert cli.trainer.num_devices == 2 and cli.trainer.num_nodes == 1
