@@ -98,7 +98,7 @@ def build_cli(argv: list[str] | None = None) -> CvattnCLI:
         parser_kwargs={"exit_on_error": False},
         trainer_defaults={
             # Flushing at every logging step keeps metrics.csv complete up to the last checkpoint for resume.
-            "logger": {"class_path": "cvattn.lightning.loggers.ContinuingCSVLogger",
+            "logger": {"class_path": "cvattn.lightning.ContinuingCSVLogger",
                        "init_args": {"save_dir": RUNS, "name": name, "flush_logs_every_n_steps": 1}},
             "callbacks": [ExactResume()],
             "plugins": {"class_path": "cvattn.checkpoint.AtomicCheckpointIO"},
