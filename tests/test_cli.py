@@ -167,6 +167,42 @@ def test_failed_run_leaves_no_empty_run_directory(tmp_path):
     assert not (tmp_path / "runs" / "b").exists() and (tmp_path / "runs" / "a").exists()
 
 
+def _files(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
+
+
+def _printed_paths(stdout: str) -> dict[str, str]:
+    return dict(line.split(": ", 1) for line in stdout.splitlines()
+                if line.startswith(("best checkpoint", "last checkpoint", "metrics")))
+
+
+def test_fast_dev_run_writes_nothing_and_prints_no_missing_path(config_path, capsys):
+    from cvattn.cli import main
+    before = _files(config_path.parent)
+    main(["--config", str(config_path), "--trainer.fast_dev_run", "true"])
+    assert _files(config_path.parent) == before
+    assert {name: path.strip() for name, path in _printed_paths(capsys.readouterr().out).items()} == \
+        {"best checkpoint": "(none saved)"}
+
+
+def test_runs_without_a_logger_each_get_their_own_run_directory(config_path, capsys):
+    """Without a logger Lightning would save checkpoints and config.yaml in the working directory, the second run
+    over the first."""
+    from cvattn.cli import main
+    before = _files(config_path.parent)
+    for version in (0, 1):
+        main(["--config", str(config_path), "--trainer.logger", "false"])
+        printed = _printed_paths(capsys.readouterr().out)
+        run = Path("runs/tiny") / f"version_{version}"
+        assert Path(printed["last checkpoint"].strip()) == run / "checkpoints" / "last.ckpt"
+        assert "metrics" not in printed and all(Path(p.strip()).is_file() for p in printed.values()), printed
+    written = _files(config_path.parent) - before
+    assert {path for path in written if not path.startswith("runs/tiny/version_")} == set(), written
+    for version in (0, 1):
+        assert {f"runs/tiny/version_{version}/config.yaml",
+                f"runs/tiny/version_{version}/checkpoints/last.ckpt"} <= written
+
+
 @pytest.mark.parametrize("config", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.stem)
 def test_configs_take_the_distributed_and_fast_path_switches(config, tmp_path, monkeypatch):
     """Every shipped config builds a 2-process DDP trainer with bf16 unchanged (nothing runs or downloads here)."""
