@@ -87,24 +87,27 @@ class CvattnCLI(LightningCLI):
 def build_cli(argv: list[str] | None = None) -> CvattnCLI:
     """``train.py``'s CLI on ``argv`` (default: the command line), parsed and instantiated, not run."""
     name = run_name(sys.argv[1:] if argv is None else argv)
-    return CvattnCLI(
-        L.LightningModule,
-        L.LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        run=False,
-        args=argv,
-        run_name=name,
-        parser_kwargs={"exit_on_error": False},
-        trainer_defaults={
-            # Flushing at every logging step keeps metrics.csv complete up to the last checkpoint for resume.
-            "logger": {"class_path": "cvattn.lightning.ContinuingCSVLogger",
-                       "init_args": {"save_dir": RUNS, "name": name, "flush_logs_every_n_steps": 1}},
-            "callbacks": [ExactResume()],
-            "plugins": {"class_path": "cvattn.checkpoint.AtomicCheckpointIO"},
-        },
-        save_config_kwargs={"overwrite": True},
-    )
+    with warnings.catch_warnings():
+        # LightningCLI warns when `args` is given while sys.argv holds the flags of the program calling main(argv).
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+        return CvattnCLI(
+            L.LightningModule,
+            L.LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            run=False,
+            args=argv,
+            run_name=name,
+            parser_kwargs={"exit_on_error": False},
+            trainer_defaults={
+                # Flushing at every logging step keeps metrics.csv complete up to the last checkpoint for resume.
+                "logger": {"class_path": "cvattn.lightning.ContinuingCSVLogger",
+                           "init_args": {"save_dir": RUNS, "name": name, "flush_logs_every_n_steps": 1}},
+                "callbacks": [ExactResume()],
+                "plugins": {"class_path": "cvattn.checkpoint.AtomicCheckpointIO"},
+            },
+            save_config_kwargs={"overwrite": True},
+        )
 
 
 def build_from_config(config: str | os.PathLike) -> tuple[L.LightningModule, L.LightningDataModule]:
