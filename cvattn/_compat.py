@@ -12,6 +12,7 @@ import re
 
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 
@@ -19,6 +20,7 @@ LIGHTNING_PIN = "lightning==2.6.6"
 JSONARGPARSE_PIN = "jsonargparse==4.53.0"
 
 __all__ = ["LIGHTNING_PIN", "JSONARGPARSE_PIN", "rank_zero_experiment", "ExperimentWriter", "MetricsKeepingWriter",
+           "open_csv_experiment", "constructor_error",
            "saves_on_train_epoch_end", "skips_saving", "save_last_checkpoint", "parser_actions",
            "UNKNOWN_KEY", "CLASS_PATH", "PARSER_KEY", "MISSING_CLASS", "BAD_VALUE", "UNRECOGNIZED", "MISSING_FILE",
            "NOT_YAML", "YAML_POSITION", "GIVEN_VALUE"]
@@ -39,6 +41,16 @@ class MetricsKeepingWriter(ExperimentWriter):
             with self._fs.open(self.metrics_file_path, "r", newline="") as file:
                 self.metrics = [{k: v for k, v in row.items() if v != ""} for row in csv.DictReader(file)]
             self._fs.rm_file(self.metrics_file_path)   # rewritten whole, old rows first, at the next save
+
+
+def open_csv_experiment(logger: CSVLogger, writer: type[ExperimentWriter]) -> ExperimentWriter:
+    """The body of ``CSVLogger.experiment`` with ``writer`` in place of ``ExperimentWriter``: the writer is made once,
+    in ``logger.log_dir``, after making ``logger.root_dir``. Relies on ``CSVLogger._experiment`` (the cached writer,
+    ``None`` until then) and ``CSVLogger._fs`` (its fsspec filesystem) (lightning==2.6.6)."""
+    if logger._experiment is None:
+        logger._fs.makedirs(logger.root_dir, exist_ok=True)
+        logger._experiment = writer(log_dir=logger.log_dir)
+    return logger._experiment
 
 
 # --- ModelCheckpoint's private steps (lightning==2.6.6) --------------------------------------------------------------
@@ -66,6 +78,12 @@ def save_last_checkpoint(callback: ModelCheckpoint, trainer: L.Trainer) -> None:
 def parser_actions(parser: argparse.ArgumentParser) -> list[argparse.Action]:
     """Every option of ``parser`` (``ArgumentParser._actions``: argparse has no public list of them)."""
     return list(parser._actions)
+
+
+def constructor_error(err: BaseException) -> BaseException:
+    """The error a class's constructor raised, out of jsonargparse's report on every type of the union it tried
+    (jsonargparse==4.53.0 raises that report ``from`` the constructor's error); ``err`` itself when it is not one."""
+    return err.__cause__ or err
 
 
 # --- jsonargparse's error texts (jsonargparse==4.53.0) ---------------------------------------------------------------

@@ -6,8 +6,8 @@ Every key of the YAML can be overridden on the command line. ``data.num_classes`
 into the model, so a config states them once (in the datamodule). Runs log to ``runs/<config name>/version_N``
 (CSV metrics, the resolved config, ``checkpoints/`` with the best and the last checkpoint); the ``checkpoint``
 section configures that ``ModelCheckpoint`` (``cvattn.checkpoint.LastCheckpoint``, whose ``last.ckpt`` is always the
-newest state), e.g. ``checkpoint: {every_n_train_steps: 500}``. ``--trainer.logger false`` keeps the run directory
-for the config and checkpoints; ``--trainer.fast_dev_run true`` writes nothing.
+newest state), e.g. ``checkpoint: {every_n_train_steps: 500}``. With ``--trainer.logger false`` a run still gets its
+``version_N``, for the config and the checkpoints; ``--trainer.fast_dev_run true`` writes nothing.
 
 ``--ckpt_path last`` resumes from the newest ``version_N`` of the config that holds a ``last.ckpt`` and goes on
 logging into it; on CPU the resumed run ends bitwise where an uninterrupted one would (docs/distributed.md).

@@ -65,8 +65,8 @@ class CvattnCLI(LightningCLI):
         try:
             super().instantiate_classes()
         except (ValueError, TypeError) as err:
-            # jsonargparse wraps a constructor's own error in a report on every type it tried: keep the cause.
-            raise (err.__cause__ or err) from None
+            # jsonargparse wraps a constructor's own error in a report on every type it tried: keep that error.
+            raise _compat.constructor_error(err) from None
 
     def before_instantiate_classes(self) -> None:
         trainer = self.config.trainer

@@ -176,10 +176,11 @@ def _printed_paths(stdout: str) -> dict[str, str]:
                 if line.startswith(("best checkpoint", "last checkpoint", "metrics")))
 
 
-def test_fast_dev_run_writes_nothing_and_prints_no_missing_path(config_path, capsys):
+@pytest.mark.parametrize("logger", [[], ["--trainer.logger", "false"]], ids=["csv_logger", "no_logger"])
+def test_fast_dev_run_writes_nothing_and_prints_no_missing_path(config_path, capsys, logger):
     from cvattn.cli import main
     before = _files(config_path.parent)
-    main(["--config", str(config_path), "--trainer.fast_dev_run", "true"])
+    main(["--config", str(config_path), "--trainer.fast_dev_run", "true", *logger])
     assert _files(config_path.parent) == before
     assert {name: path.strip() for name, path in _printed_paths(capsys.readouterr().out).items()} == \
         {"best checkpoint": "(none saved)"}

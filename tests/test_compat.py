@@ -6,12 +6,14 @@ jsonargparse's nested report)."""
 from __future__ import annotations
 
 import csv
+import json
 import importlib.metadata
 import inspect
 import re
 import tomllib
 from pathlib import Path
 
+import lightning as L
 import pytest
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
@@ -188,3 +190,27 @@ def test_parser_actions_list_the_options(config):
     options = {option for action in _compat.parser_actions(cli.parser) for option in action.option_strings}
     assert {"--trainer.max_epochs", "--ckpt_path", "--checkpoint.every_n_train_steps"} <= options, \
         "argparse.ArgumentParser._actions no longer lists the parser's options (Python's argparse changed)"
+
+
+def test_continuing_csv_logger_opens_its_writer_once_in_the_log_dir(tmp_path):
+    from cvattn.lightning import ContinuingCSVLogger
+    logger = ContinuingCSVLogger(save_dir=str(tmp_path), name="tiny")
+    writer = logger.experiment
+    assert isinstance(writer, _compat.MetricsKeepingWriter) and logger.experiment is writer, \
+        _moved("CSVLogger no longer caches its writer in _experiment", _compat.LIGHTNING_PIN)
+    assert writer.log_dir == logger.log_dir == str(tmp_path / "tiny" / "version_0")
+    assert (tmp_path / "tiny" / "version_0").is_dir()
+
+
+def test_a_constructors_error_is_the_cause_of_jsonargparses_report(config, monkeypatch):
+    from jsonargparse import ArgumentParser
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_argument("--model", type=L.LightningModule)
+    write_config(Path("tiny.yaml"), config)
+    parsed = parser.parse_args(["--model", json.dumps(_edit(config, "model.init_args.lr", 0.0)["model"])])
+    with pytest.raises((ValueError, TypeError)) as raised:
+        parser.instantiate(parsed)
+    error = _compat.constructor_error(raised.value)
+    assert isinstance(error, ValueError) and str(error) == "lr must be > 0, got 0.0.", _moved(
+        f"jsonargparse no longer raises a constructor's error as the cause of its own: {raised.value!r}",
+        _compat.JSONARGPARSE_PIN)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from lightning.pytorch.loggers import CSVLogger
 
-from cvattn._compat import ExperimentWriter, MetricsKeepingWriter, rank_zero_experiment
+from cvattn._compat import ExperimentWriter, MetricsKeepingWriter, open_csv_experiment, rank_zero_experiment
 
 
 class ContinuingCSVLogger(CSVLogger):
@@ -14,7 +14,4 @@ class ContinuingCSVLogger(CSVLogger):
     @property
     @rank_zero_experiment
     def experiment(self) -> ExperimentWriter:
-        if self._experiment is None:
-            self._fs.makedirs(self.root_dir, exist_ok=True)
-            self._experiment = MetricsKeepingWriter(log_dir=self.log_dir)
-        return self._experiment
+        return open_csv_experiment(self, MetricsKeepingWriter)
