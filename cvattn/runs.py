@@ -70,12 +70,12 @@ def check_writable(run_dir: Path) -> None:
 
 def remove_partial_run(run_dir: Path) -> None:
     """Remove a run directory this process created if it holds no checkpoint (a checkpoint is kept for resume),
-    then its parents left empty."""
+    then its parents left empty, up to the working directory."""
     if not run_dir.is_dir() or any(run_dir.rglob("*.ckpt")):
         return
     shutil.rmtree(run_dir)
     for parent in run_dir.parents:
-        if not parent.is_dir() or any(parent.iterdir()):
+        if parent.resolve() == Path.cwd() or not parent.is_dir() or any(parent.iterdir()):
             break
         parent.rmdir()
 

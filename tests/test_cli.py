@@ -153,7 +153,7 @@ def test_newest_last_checkpoint_skips_runs_without_one(tmp_path):
     assert newest_last_checkpoint(tmp_path) == (2, tmp_path / "version_2" / "checkpoints" / "last.ckpt")
 
 
-def test_failed_run_leaves_no_empty_run_directory(tmp_path):
+def test_failed_run_leaves_no_empty_run_directory(tmp_path, monkeypatch):
     from cvattn.runs import remove_partial_run
     kept = tmp_path / "runs" / "a" / "version_0"
     (kept / "checkpoints").mkdir(parents=True)
@@ -165,6 +165,11 @@ def test_failed_run_leaves_no_empty_run_directory(tmp_path):
     (partial / "config.yaml").touch()
     remove_partial_run(partial)
     assert not (tmp_path / "runs" / "b").exists() and (tmp_path / "runs" / "a").exists()
+    empty = tmp_path / "empty"
+    (empty / "runs" / "c" / "version_0").mkdir(parents=True)
+    monkeypatch.chdir(empty)
+    remove_partial_run(Path("runs/c/version_0"))         # relative, as train.py's run directories are
+    assert empty.is_dir() and not any(empty.iterdir())   # up to the working directory, not past it
 
 
 def _files(root: Path) -> set[str]:
