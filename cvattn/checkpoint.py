@@ -25,6 +25,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_warn
 
+from cvattn._compat import save_last_checkpoint, saves_on_train_epoch_end, skips_saving
 from cvattn.checks import state_dict_mismatch
 
 _UNREADABLE = "{path!r} is not a readable PyTorch checkpoint (truncated, or not a file that torch.save wrote)."
@@ -80,23 +81,29 @@ class LastCheckpoint(ModelCheckpoint):
     step, so with a monitored metric ``last.ckpt`` is the best epoch, and ``--ckpt_path last`` silently dropped every
     epoch trained since (found in a 100-epoch run: epochs 51-54 missing from ``last.ckpt``). This restores the
     earlier meaning: after each validation (or each training epoch, when the callback saves there) the newest state
-    is in ``last.ckpt``. The same arguments as ``ModelCheckpoint``.
+    is in ``last.ckpt``. Under ``fast_dev_run`` it saves nothing. The same arguments as ``ModelCheckpoint``.
     """
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_validation_end(trainer, pl_module)
-        if not self._should_save_on_train_epoch_end(trainer):
+        if not saves_on_train_epoch_end(self, trainer):
             self._save_last_if_missed(trainer)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_train_epoch_end(trainer, pl_module)
-        if self._should_save_on_train_epoch_end(trainer):
+        if saves_on_train_epoch_end(self, trainer):
             self._save_last_if_missed(trainer)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Lightning 2.6 writes a missing last.ckpt here even under fast_dev_run, which is meant to save nothing
+        # (and then has no run directory: the file landed in the working directory).
+        if not trainer.fast_dev_run:
+            super().on_train_end(trainer, pl_module)
 
     def _save_last_if_missed(self, trainer: L.Trainer) -> None:
         # Skipped when this step was already saved (then last.ckpt was written with it), and outside fitting.
-        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        if self.save_last and not skips_saving(self, trainer):
+            save_last_checkpoint(self, trainer)
 
 
 def check_checkpoint_fits(checkpoint: dict[str, Any], module: nn.Module, path: str | os.PathLike) -> None:

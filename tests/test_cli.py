@@ -145,26 +145,68 @@ def test_ckpt_path_last_without_a_run(config_path, capsys):
 
 
 def test_newest_last_checkpoint_skips_runs_without_one(tmp_path):
-    from cvattn.cli import _newest_last_checkpoint
+    from cvattn.runs import newest_last_checkpoint
     for version, has_last in (("version_0", True), ("version_2", True), ("version_10", False), ("version_x", True)):
         (tmp_path / version / "checkpoints").mkdir(parents=True)
         if has_last:
             (tmp_path / version / "checkpoints" / "last.ckpt").touch()
-    assert _newest_last_checkpoint(tmp_path) == (2, tmp_path / "version_2" / "checkpoints" / "last.ckpt")
+    assert newest_last_checkpoint(tmp_path) == (2, tmp_path / "version_2" / "checkpoints" / "last.ckpt")
 
 
-def test_failed_run_leaves_no_empty_run_directory(tmp_path):
-    from cvattn.cli import _remove_partial_run
+def test_failed_run_leaves_no_empty_run_directory(tmp_path, monkeypatch):
+    from cvattn.runs import remove_partial_run
     kept = tmp_path / "runs" / "a" / "version_0"
     (kept / "checkpoints").mkdir(parents=True)
     (kept / "checkpoints" / "last.ckpt").touch()
-    _remove_partial_run(kept)
+    remove_partial_run(kept)
     assert (kept / "checkpoints" / "last.ckpt").exists()          # a checkpoint is kept for --ckpt_path last
     partial = tmp_path / "runs" / "b" / "version_0"
     partial.mkdir(parents=True)
     (partial / "config.yaml").touch()
-    _remove_partial_run(partial)
+    remove_partial_run(partial)
     assert not (tmp_path / "runs" / "b").exists() and (tmp_path / "runs" / "a").exists()
+    empty = tmp_path / "empty"
+    (empty / "runs" / "c" / "version_0").mkdir(parents=True)
+    monkeypatch.chdir(empty)
+    remove_partial_run(Path("runs/c/version_0"))         # relative, as train.py's run directories are
+    assert empty.is_dir() and not any(empty.iterdir())   # up to the working directory, not past it
+
+
+def _files(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
+
+
+def _printed_paths(stdout: str) -> dict[str, str]:
+    return dict(line.split(": ", 1) for line in stdout.splitlines()
+                if line.startswith(("best checkpoint", "last checkpoint", "metrics")))
+
+
+@pytest.mark.parametrize("logger", [[], ["--trainer.logger", "false"]], ids=["csv_logger", "no_logger"])
+def test_fast_dev_run_writes_nothing_and_prints_no_missing_path(config_path, capsys, logger):
+    from cvattn.cli import main
+    before = _files(config_path.parent)
+    main(["--config", str(config_path), "--trainer.fast_dev_run", "true", *logger])
+    assert _files(config_path.parent) == before
+    assert {name: path.strip() for name, path in _printed_paths(capsys.readouterr().out).items()} == \
+        {"best checkpoint": "(none saved)"}
+
+
+def test_runs_without_a_logger_each_get_their_own_run_directory(config_path, capsys):
+    """Without a logger Lightning would save checkpoints and config.yaml in the working directory, the second run
+    over the first."""
+    from cvattn.cli import main
+    before = _files(config_path.parent)
+    for version in (0, 1):
+        main(["--config", str(config_path), "--trainer.logger", "false"])
+        printed = _printed_paths(capsys.readouterr().out)
+        run = Path("runs/tiny") / f"version_{version}"
+        assert Path(printed["last checkpoint"].strip()) == run / "checkpoints" / "last.ckpt"
+        assert "metrics" not in printed and all(Path(p.strip()).is_file() for p in printed.values()), printed
+    written = _files(config_path.parent) - before
+    assert {path for path in written if not path.startswith("runs/tiny/version_")} == set(), written
+    for version in (0, 1):
+        assert {f"runs/tiny/version_{version}/config.yaml",
+                f"runs/tiny/version_{version}/checkpoints/last.ckpt"} <= written
 
 
 @pytest.mark.parametrize("config", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.stem)
@@ -173,9 +215,9 @@ def test_configs_take_the_distributed_and_fast_path_switches(config, tmp_path, m
     from lightning.pytorch.strategies import DDPStrategy
 
     from cvattn.checkpoint import AtomicCheckpointIO
-    from cvattn.cli import _build_cli
+    from cvattn.config import build_cli
     monkeypatch.chdir(tmp_path)
-    cli = _build_cli(["--config", str(config), "--trainer.accelerator", "cpu", "--trainer.devices", "2",
+    cli = build_cli(["--config", str(config), "--trainer.accelerator", "cpu", "--trainer.devices", "2",
                       "--trainer.strategy", "ddp", "--trainer.num_nodes", "1", "--trainer.precision", "bf16-mixed"])
     assert isinstance(cli.trainer.strategy, DDPStrategy)
     assert cli.trainer.num_devices == 2 and cli.trainer.num_nodes == 1

@@ -358,7 +358,7 @@ def test_bad_module_arguments():
 
 @pytest.mark.parametrize("config", sorted((ROOT / "configs").glob("ram_fashion_mnist_*.yaml")), ids=lambda p: p.stem)
 def test_configs_build(config, tmp_path):
-    from cvattn.cli import CvattnCLI
+    from cvattn.config import CvattnCLI
 
     cli = CvattnCLI(L.LightningModule, L.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
                     run=False, args=["--config", str(config), "--trainer.logger", "false",

@@ -1,7 +1,10 @@
-"""LightningModules (``ImageClassifier`` for every classification model, ``RAMModule`` for hard attention) and
-the ``SaliencyCallback`` that logs overlay grids during training."""
+"""LightningModules (``ImageClassifier`` for every classification model, ``RAMModule`` for hard attention, both on
+``AttentionModule``, the shared base), the ``SaliencyCallback`` that logs overlay grids during training, and the
+``ContinuingCSVLogger`` that ``train.py`` runs log with."""
+from cvattn.lightning.base import AttentionModule
 from cvattn.lightning.callbacks import SaliencyCallback
 from cvattn.lightning.classifier import ImageClassifier
+from cvattn.lightning.loggers import ContinuingCSVLogger
 from cvattn.lightning.ram import RAMModule
 
-__all__ = ["ImageClassifier", "RAMModule", "SaliencyCallback"]
+__all__ = ["AttentionModule", "ContinuingCSVLogger", "ImageClassifier", "RAMModule", "SaliencyCallback"]

@@ -1,22 +1,17 @@
-"""``ImageClassifier``: the LightningModule that trains any registered classification model."""
+"""``ImageClassifier``: the LightningModule that trains any registered classification model with cross-entropy
+(the shared parts, from the model to the optimiser's schedule, are in ``cvattn.lightning.base``)."""
 from __future__ import annotations
 
 import math
 
-import lightning as L
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torchmetrics.classification import MulticlassAccuracy
 
-from cvattn.checks import check_choice, check_positive
-from cvattn.models import create_model
-
-OPTIMIZERS = ("sgd", "adamw")
-SCHEDULERS = ("cosine", "onecycle", "none")
+from cvattn.lightning.base import AttentionModule
 
 
-class ImageClassifier(L.LightningModule):
+class ImageClassifier(AttentionModule):
     """Trains ``create_model(model, num_classes=..., in_chans=..., **model_kwargs)`` with cross-entropy.
 
     Batches are ``(images, labels)`` or ``(images, labels, boxes)``. Logs ``train/loss``, ``train/acc``,
@@ -38,6 +33,9 @@ class ImageClassifier(L.LightningModule):
         compile: compile the model's forward with ``torch.compile`` (in place: checkpoint keys do not change).
     """
 
+    OPTIMIZERS = ("sgd", "adamw")
+    SCHEDULERS = ("cosine", "onecycle", "none")
+
     def __init__(
         self,
         model: str = "resnet20",
@@ -54,10 +52,7 @@ class ImageClassifier(L.LightningModule):
         channels_last: bool = False,
         compile: bool = False,
     ):
-        super().__init__()
-        check_choice("optimizer", optimizer, OPTIMIZERS)
-        check_choice("scheduler", scheduler, SCHEDULERS)
-        check_positive("lr", lr)
+        super().__init__(optimizer, scheduler, lr)
         if weight_decay < 0 or warmup_epochs < 0 or not 0 <= label_smoothing < 1:
             raise ValueError(f"weight_decay and warmup_epochs must be ≥ 0 and label_smoothing in [0, 1); got "
                              f"weight_decay={weight_decay}, warmup_epochs={warmup_epochs}, "
@@ -66,47 +61,32 @@ class ImageClassifier(L.LightningModule):
             raise ValueError(f"warmup_epochs={warmup_epochs} applies to scheduler 'cosine' only, got scheduler "
                              f"{scheduler!r}; set warmup_epochs: 0 or scheduler: cosine.")
         self.save_hyperparameters()
-        self.model = create_model(model, num_classes=num_classes, in_chans=in_chans, **(model_kwargs or {}))
-        if channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
-        if compile:
+        self._create_model()
+
+    def _prepare_model(self, model: nn.Module) -> nn.Module:
+        if self.hparams.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        if self.hparams.compile:
             # In place (nn.Module.compile), so state_dict keys stay those of the plain model (no `_orig_mod.`).
-            self.model.compile()
-        self.metrics = nn.ModuleDict({
-            f"{stage}_acc": MulticlassAccuracy(num_classes, average="micro") for stage in ("train", "val", "test")
-        })
+            model.compile()
+        return model
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if self.hparams.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         return self.model(images)
 
-    def _step(self, batch, stage: str) -> torch.Tensor:
+    def _common_step(self, batch, stage: str) -> dict[str, torch.Tensor]:
         images, labels = batch[0], batch[1]
         logits = self(images)
         loss = F.cross_entropy(logits, labels, label_smoothing=self.hparams.label_smoothing)
-        accuracy = self.metrics[f"{stage}_acc"]
-        accuracy(logits, labels)
         on_step = stage == "train"
         self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, sync_dist=not on_step,
                  batch_size=labels.shape[0])
-        self.log(f"{stage}/acc", accuracy, on_step=False, on_epoch=True, prog_bar=True)
-        return loss
+        self._log_accuracy(stage, logits, labels)
+        return {"loss": loss}
 
-    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        loss = self._step(batch, "train")
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite training loss {loss.item()} at global step {self.global_step}, "
-                                     f"batch {batch_idx}; stopping. The last good checkpoint is kept.")
-        return loss
-
-    def validation_step(self, batch, batch_idx: int) -> None:
-        self._step(batch, "val")
-
-    def test_step(self, batch, batch_idx: int) -> None:
-        self._step(batch, "test")
-
-    def configure_optimizers(self):
+    def _create_optimizer(self) -> torch.optim.Optimizer:
         hp = self.hparams
         # Biases, norms and the parameters a model names in no_weight_decay() (ViT: position embeddings and
         # class token, as in timm and DeiT) are not decayed.
@@ -117,30 +97,28 @@ class ImageClassifier(L.LightningModule):
                 (no_decay if param.ndim <= 1 or name in skip else decay).append(param)
         groups = [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
         if hp.optimizer == "sgd":
-            optimizer = torch.optim.SGD(groups, lr=hp.lr, momentum=hp.momentum, nesterov=hp.momentum > 0)
-        else:
-            optimizer = torch.optim.AdamW(groups, lr=hp.lr)
-        if hp.scheduler == "none":
-            return optimizer
+            return torch.optim.SGD(groups, lr=hp.lr, momentum=hp.momentum, nesterov=hp.momentum > 0)
+        return torch.optim.AdamW(groups, lr=hp.lr)
+
+    def _create_scheduler(self, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
+        hp = self.hparams
         total_steps = self.trainer.estimated_stepping_batches
         if hp.scheduler == "onecycle":
-            scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=hp.lr, total_steps=total_steps)
-        else:
-            warmup_steps = 0
-            if hp.warmup_epochs:
-                # In epochs of the loader, not a share of total_steps: max_steps or max_epochs=-1 may end the run.
-                batches = self.trainer.num_training_batches
-                if not math.isfinite(batches):
-                    raise ValueError(f"warmup_epochs={hp.warmup_epochs} needs a training loader with a length; "
-                                     f"this one has none, so set warmup_epochs: 0.")
-                steps_per_epoch = math.ceil(batches / self.trainer.accumulate_grad_batches)
-                warmup_steps = min(total_steps, int(hp.warmup_epochs * steps_per_epoch))
+            return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=hp.lr, total_steps=total_steps)
+        warmup_steps = 0
+        if hp.warmup_epochs:
+            # In epochs of the loader, not a share of total_steps: max_steps or max_epochs=-1 may end the run.
+            batches = self.trainer.num_training_batches
+            if not math.isfinite(batches):
+                raise ValueError(f"warmup_epochs={hp.warmup_epochs} needs a training loader with a length; "
+                                 f"this one has none, so set warmup_epochs: 0.")
+            steps_per_epoch = math.ceil(batches / self.trainer.accumulate_grad_batches)
+            warmup_steps = min(total_steps, int(hp.warmup_epochs * steps_per_epoch))
 
-            def cosine_with_warmup(step: int) -> float:
-                if step < warmup_steps:
-                    return (step + 1) / warmup_steps
-                progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-                return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        def cosine_with_warmup(step: int) -> float:
+            if step < warmup_steps:
+                return (step + 1) / warmup_steps
+            progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
-            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup)

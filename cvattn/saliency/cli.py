@@ -24,7 +24,7 @@ import lightning as L
 import torch
 
 from cvattn.checkpoint import load_weights
-from cvattn.cli import unwritable_ancestor
+from cvattn.runs import unwritable_ancestor
 from cvattn.config import build_from_config
 from cvattn.saliency.api import default_methods, saliency
 from cvattn.saliency.registry import available_methods
