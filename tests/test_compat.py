@@ -17,7 +17,7 @@ import lightning as L
 import pytest
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
-from test_cli import tiny_config, write_config, write_image_folder
+from helpers import tiny_config, write_config, write_image_folder
 
 import cvattn.config
 from cvattn import _compat

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
-from test_cli import error_lines, tiny_config, train, write_config, write_image_folder
+from helpers import error_lines, tiny_config, train, write_config, write_image_folder
 
 pytestmark = pytest.mark.slow
 
