@@ -178,41 +178,55 @@ def noisy_linear_imputation(images: torch.Tensor, removed: torch.Tensor, noise: 
         raise ValueError("noisy_linear_imputation needs at least one kept pixel per image to fill the others from; "
                          "remove less than 100%.")
     batch, chans, height, width = images.shape
-    kernel = torch.tensor(ROAD_WEIGHTS, dtype=torch.float64, device=images.device).view(1, 1, 3, 3)
-    neighbours = lambda x: torch.nn.functional.conv2d(x, kernel, padding=1)       # Σ_j w_ij x_j, zero outside
     x = images.detach().to(torch.float64).reshape(batch * chans, 1, height, width)
     unknown = removed.to(torch.float64).repeat_interleave(chans, 0)[:, None]      # (B·C, 1, H, W)
-    degree = neighbours(torch.ones_like(x[:1]))                                    # (1, 1, H, W), d_i
-    rhs = unknown * neighbours((1 - unknown) * x)                                  # kept neighbours' share
-    solve = lambda v: unknown * (degree * v - neighbours(unknown * v))             # the system on the unknowns
-    filled = _conjugate_gradient(solve, rhs, degree, tolerance, max_iterations or 20 * (height + width))
+    degree = _neighbour_sum(torch.ones_like(x[:1]))                                # (1, 1, H, W), d_i
+    rhs = unknown * _neighbour_sum((1 - unknown) * x)                              # the kept neighbours' share
+
+    def system(v: torch.Tensor) -> torch.Tensor:                                   # d_i·v_i − Σ_unknown j w_ij·v_j
+        return unknown * (degree * v - _neighbour_sum(unknown * v))
+
+    filled = _conjugate_gradient(system, rhs, degree, tolerance, max_iterations or 20 * (height + width))
     generator = torch.Generator().manual_seed(seed)
     jitter = noise * torch.randn(x.shape, generator=generator, dtype=torch.float64).to(x.device)
     out = torch.where(unknown.bool(), filled + jitter, x)
     return out.view(batch, chans, height, width).to(images.dtype)
 
 
+def _neighbour_sum(x: torch.Tensor) -> torch.Tensor:
+    """Σ_j w_ij·x_j over the 8 neighbours of every pixel of (N, 1, H, W) ``x``, nothing from outside the image."""
+    kernel = torch.tensor(ROAD_WEIGHTS, dtype=x.dtype, device=x.device).view(1, 1, 3, 3)
+    return torch.nn.functional.conv2d(x, kernel, padding=1)
+
+
+def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return (a * b).sum((1, 2, 3), keepdim=True)
+
+
+def _safe_div(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a / b, 0 where b is 0 (a system already solved exactly, or with a zero right-hand side)."""
+    return torch.where(b != 0, a / torch.where(b != 0, b, torch.ones_like(b)), torch.zeros_like(a))
+
+
 def _conjugate_gradient(apply, rhs: torch.Tensor, diagonal: torch.Tensor, tolerance: float,
                         max_iterations: int) -> torch.Tensor:
     """Solve apply(x) = rhs for each (1, H, W) system of the batch; Jacobi preconditioner ``diagonal``."""
-    dot = lambda a, b: (a * b).sum((1, 2, 3), keepdim=True)
-    safe_div = lambda a, b: torch.where(b != 0, a / torch.where(b != 0, b, torch.ones_like(b)), torch.zeros_like(a))
     x = torch.zeros_like(rhs)
     residual = rhs.clone()
     z = residual / diagonal
     direction = z.clone()
-    rz = dot(residual, z)
+    rz = _dot(residual, z)
     goal = tolerance * rhs.flatten(1).norm(dim=1)
     for _ in range(max_iterations):
         if (residual.flatten(1).norm(dim=1) <= goal).all():
             return x
         step = apply(direction)
-        alpha = safe_div(rz, dot(direction, step))
+        alpha = _safe_div(rz, _dot(direction, step))
         x = x + alpha * direction
         residual = residual - alpha * step
         z = residual / diagonal
-        rz, rz_old = dot(residual, z), rz
-        direction = z + safe_div(rz, rz_old) * direction
+        rz, rz_old = _dot(residual, z), rz
+        direction = z + _safe_div(rz, rz_old) * direction
     warnings.warn(f"ROAD imputation: conjugate gradients stopped after {max_iterations} iterations above the "
                   f"relative residual {tolerance}.", RuntimeWarning, stacklevel=3)
     return x
