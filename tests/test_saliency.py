@@ -76,9 +76,9 @@ MODELS = {"cbam_convnet": cbam_convnet, "vit": tiny_vit, "ram": tiny_ram}
 # --- the saliency() contract -------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("family, expected", [
-    ("cbam_convnet", ["spatial_gate", "channel_gate", "gradcam", "gradcam++", "random", "center"]),
-    ("vit", ["attention", "rollout", "grad_rollout", "gradcam", "gradcam++", "random", "center"]),
-    ("ram", ["glimpses", "random", "center"]),
+    ("cbam_convnet", ["spatial_gate", "channel_gate", "gradcam", "gradcam++", "random", "center", "brightness"]),
+    ("vit", ["attention", "rollout", "grad_rollout", "gradcam", "gradcam++", "random", "center", "brightness"]),
+    ("ram", ["glimpses", "random", "center", "brightness"]),
 ])
 def test_every_method_gives_unit_maps_at_input_resolution(family, expected):
     model = MODELS[family]()
@@ -98,7 +98,7 @@ def test_lightning_modules_are_unwrapped():
     x = images()
     torch.testing.assert_close(saliency(module, x, "gradcam"), saliency(module.model, x, "gradcam"))
     ram = RAMModule(model="ram_28", model_kwargs={"glimpse_size": 4, "hidden_size": 16}, num_classes=5, in_chans=1)
-    assert available_methods(ram.model) == ["glimpses", "random", "center"]
+    assert available_methods(ram.model) == ["glimpses", "random", "center", "brightness"]
     torch.testing.assert_close(saliency(ram, x, "glimpses"), saliency(ram.model, x, "glimpses"))
 
 
@@ -513,7 +513,7 @@ def boxed_batches(count: int = 2, batch: int = 4) -> list[tuple[torch.Tensor, ..
 
 def test_evaluate_reports_methods_beside_the_baselines():
     results = evaluate(cbam_convnet(), boxed_batches(), ["gradcam"], pixels_per_step=64)
-    assert list(results) == ["gradcam", "random", "center"]
+    assert list(results) == ["gradcam", "random", "center", "brightness"]
     for scores in results.values():
         assert scores["num_images"] == 8
         assert set(scores) == {"pointing_game", "energy_in_box", "deletion_auc", "insertion_auc", "num_images"}
@@ -568,7 +568,7 @@ def test_cli_writes_overlays_and_metrics(trained_run, tmp_path):
     assert code == 0
     assert sorted(p.name for p in out.iterdir()) == ["image_000.png", "image_001.png", "metrics.json"]
     metrics = json.loads((out / "metrics.json").read_text())["methods"]
-    assert list(metrics) == ["spatial_gate", "gradcam", "random", "center"]
+    assert list(metrics) == ["spatial_gate", "gradcam", "random", "center", "brightness"]
     assert metrics["gradcam"]["num_images"] == 4 and 0 <= metrics["gradcam"]["deletion_auc"] <= 1
 
 

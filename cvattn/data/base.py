@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader
 
 from cvattn.data.canvas import CanvasDataset, check_canvas_args
 from cvattn.data.dataset import ImageDataset, Images
+from cvattn.data.multi_object import MultiObjectCanvasDataset, check_num_objects
 from cvattn.data.sampler import EpochSampler, ResumableDataLoader
 from cvattn.data.transforms import build_transforms
 
@@ -38,6 +39,11 @@ class ImageDataModule(L.LightningDataModule):
         canvas_size: place every image on a ``canvas_size``² canvas (batches then carry boxes).
         num_distractors: clutter: crops of other images placed on the canvas before the object.
         distractor_size: side of those crops.
+        num_objects: objects per canvas, all of different classes and not overlapping
+            (``cvattn.data.multi_object``). With more than one, batches are ``(images, multi_hot, boxes, classes)``:
+            ``multi_hot`` float32 ``(B, num_classes)`` (1 for each class on the canvas), ``boxes`` float32
+            ``(B, num_objects, 4)``, ``classes`` int64 ``(B, num_objects)`` (the class of each box); with one, the
+            single-object ``(images, labels, boxes)``.
         download: download the dataset when it is not found locally.
     """
 
@@ -59,6 +65,7 @@ class ImageDataModule(L.LightningDataModule):
         canvas_size: int | None = None,
         num_distractors: int = 0,
         distractor_size: int = 8,
+        num_objects: int = 1,
         download: bool = True,
     ):
         super().__init__()
@@ -71,6 +78,7 @@ class ImageDataModule(L.LightningDataModule):
         if seed < 0:
             raise ValueError(f"seed must be >= 0, got {seed}.")
         check_canvas_args(canvas_size, num_distractors, distractor_size, self.object_size)
+        check_num_objects(num_objects, canvas_size, self.object_size, self.num_classes)
         self.data_dir = data_dir
         self.batch_size = batch_size
         self.num_workers = num_workers
@@ -80,6 +88,7 @@ class ImageDataModule(L.LightningDataModule):
         self.canvas_size = canvas_size
         self.num_distractors = num_distractors
         self.distractor_size = distractor_size
+        self.num_objects = num_objects
         self.download = download
         self.train_set: ImageDataset | None = None
         self.val_set: ImageDataset | None = None
@@ -136,6 +145,11 @@ class ImageDataModule(L.LightningDataModule):
         transform = self.train_transform if train else None
         if self.canvas_size is None:
             return ImageDataset(images, labels, self.mean, self.std, transform, self.seed, train)
+        if self.num_objects > 1:
+            return MultiObjectCanvasDataset(
+                images, labels, self.mean, self.std, self.canvas_size, self.num_objects, self.num_classes,
+                self.num_distractors, self.distractor_size, transform, self.seed, train,
+            )
         return CanvasDataset(
             images, labels, self.mean, self.std, self.canvas_size, self.num_distractors, self.distractor_size,
             transform, self.seed, train,

@@ -20,7 +20,7 @@ from cvattn.saliency import methods  # noqa: F401  (registers every method)
 from cvattn.saliency.registry import METHODS, available_methods
 from cvattn.saliency.runtime import TargetType, inspection_mode, normalise, resolve_targets, unwrap
 
-BASELINES = ("random", "center")
+BASELINES = ("random", "center", "brightness")
 
 
 def default_methods(model: nn.Module) -> list[str]:
