@@ -566,7 +566,7 @@ def test_cli_writes_overlays_and_metrics(trained_run, tmp_path):
                      "--out", str(out), "--methods", "spatial_gate", "gradcam", "--num-images", "2",
                      "--max-batches", "1", "--pixels-per-step", "600"])
     assert code == 0
-    assert sorted(p.name for p in out.iterdir()) == ["image_000.png", "image_001.png", "metrics.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["image_000.png", "image_001.png", "index.html", "metrics.json"]
     metrics = json.loads((out / "metrics.json").read_text())["methods"]
     assert list(metrics) == ["spatial_gate", "gradcam", "random", "center"]
     assert metrics["gradcam"]["num_images"] == 4 and 0 <= metrics["gradcam"]["deletion_auc"] <= 1
