@@ -230,7 +230,8 @@ def draw_test_images(model, loader, methods, count, gallery, names, mean, std) -
             one = slice(row, row + 1)
             figure = saliency_grid(images[one], {m: v[one] for m, v in maps.items()}, predicted[one], probs[one],
                                    names, boxes[0][one] if boxes else None, mean, std)
-            name, truth = (names[int(c)] if names is not None else f"class {int(c)}" for c in (predicted[row], labels[row]))
+            name, truth = (names[int(c)] if names is not None else f"class {int(c)}"
+                           for c in (predicted[row], labels[row]))
             gallery.add_figure(figure, f"image_{index:0{width}d}.png",
                                caption=f"predicted {name} {float(probs[row]):.0%}, true {truth}")
             index += 1

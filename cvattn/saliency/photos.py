@@ -30,7 +30,8 @@ from cvattn.saliency.api import saliency
 from cvattn.saliency.gallery import Gallery
 from cvattn.saliency.overlay import overlay_row
 
-IMAGE_SUFFIXES = frozenset(suffix.lower() for suffix, kind in Image.registered_extensions().items() if kind in Image.OPEN)
+IMAGE_SUFFIXES = frozenset(suffix.lower() for suffix, kind in Image.registered_extensions().items()
+                           if kind in Image.OPEN)
 DEFAULT_MAX_PIXELS = 89_478_485   # PIL's own default limit (a 9459 × 9459 image); --max-pixels raises it
 BATCH_SIZE = 8                    # photos per forward; each figure is written as soon as it is drawn
 TOP_K = 5
@@ -219,9 +220,9 @@ def explain_photos(model: nn.Module, photos: Sequence[Path], methods: Sequence[s
                    names: Sequence[str] | None = None, label: str = "", batch_size: int | None = None) -> None:
     """Draw each photo as ``model`` saw it, with an overlay per method for its top class, into ``gallery``.
 
-    Photos go through the model's timm data config in batches of ``batch_size``; each figure is saved as soon as it
-    is drawn (``batch_size`` default: ``BATCH_SIZE``). ``names``: class names (default: ImageNet's where the model has its classes, else "class N");
-    ``label``: appended to every title (e.g. "random weights").
+    Photos go through the model's timm data config in batches of ``batch_size`` (default ``BATCH_SIZE``); each
+    figure is saved as soon as it is drawn. ``names``: class names (default: ImageNet's where the model has its
+    classes, else "class N"); ``label``: appended to every title (e.g. "random weights").
     """
     from timm.data import create_transform, resolve_data_config
 
