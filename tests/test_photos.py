@@ -89,7 +89,8 @@ def test_folder_of_photos_gives_one_figure_each_and_a_gallery(folder, tmp_path, 
     figure = Image.open(out / "000-bird.png")
     assert figure.width > 1.5 * figure.height                                          # image | overlay
     text = (out / "index.html").read_text()
-    names = {ImageNetInfo().index_to_description(i).split(",")[0] for i in range(1000)}
+    info = ImageNetInfo()
+    names = {info.index_to_description(i).split(",")[0] for i in range(1000)}
     top1 = re.search(r"bird\.jpg: (.+?) \d+% \(random weights\)", text).group(1)
     assert top1 in names
 
@@ -133,6 +134,10 @@ def test_own_weights_file_timm_checkpoint_and_a_fine_tuned_head(tmp_path):
     x = torch.randn(1, 3, 64, 64)
     assert loaded.num_classes == 10 and torch.equal(loaded(x), model(x))
     assert photos.class_names(loaded) is None
+    from safetensors.torch import save_file
+
+    save_file(model.state_dict(), tmp_path / "model.safetensors")
+    assert torch.equal(photos.create_timm_model("resnet18", weights=tmp_path / "model.safetensors")(x), model(x))
     Image.fromarray(noise(30, 30)).save(tmp_path / "a.png")
     out = tmp_path / "out"
     assert main(["--image", str(tmp_path / "a.png"), "--model", "resnet18", "--weights", str(tmp_path / "ft.pth.tar"),
@@ -173,7 +178,12 @@ def offline(*args, **kwargs):
     ("unknown model", r"Unknown timm model 'resnt18'\. Did you mean 'resnet18'"),
     ("pretrained offline", r"Could not get the pretrained weights of 'resnet18' through timm "
                            r"\(LocalEntryNotFoundError.*run once with a network connection \(timm caches them in .*"
+                           r"download model\.safetensors from https://huggingface\.co/timm/resnet18\.a1_in1k .*"
                            r"--weights FILE"),
+    ("unknown tag", r"timm's resnet18 has no weights tagged 'a9_in1k'\. Did you mean 'resnet18\.a\d_in1k'"),
+    ("architecture without weights", r"timm has no pretrained weights for 'botnet50ts_256'.*Use --weights FILE"),
+    ("hf-hub name offline", r"Could not build 'hf-hub:timm/resnet18\.a1_in1k': timm needs the Hugging Face Hub for "
+                            r"its config .* --weights FILE"),
     ("method that does not apply", r"--methods \['rollout'\] do not apply to ResNet; methods that do: gradcam"),
     ("unknown method", r"unknown method 'gradcamm'\. Did you mean 'gradcam'"),
     ("no weights", r"needs weights: --pretrained .*--weights FILE.*--random-weights"),
@@ -208,6 +218,13 @@ def test_errors_exit_2_and_write_nothing(folder, tmp_path, capsys, monkeypatch, 
     elif case == "pretrained offline":
         monkeypatch.setattr(timm.models._hub, "hf_hub_download", offline)
         model = ["--model", "resnet18", "--pretrained"]
+    elif case == "unknown tag":
+        model = ["--model", "resnet18.a9_in1k", "--pretrained"]
+    elif case == "architecture without weights":
+        model = ["--model", "botnet50ts_256", "--pretrained"]
+    elif case == "hf-hub name offline":
+        monkeypatch.setattr(timm.models._hub, "hf_hub_download", offline)
+        model = ["--model", "hf-hub:timm/resnet18.a1_in1k", "--random-weights"]
     elif case == "method that does not apply":
         model = ["--model", "resnet18", "--random-weights", "--methods", "rollout"]
     elif case == "unknown method":

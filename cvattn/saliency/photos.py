@@ -116,12 +116,37 @@ def _hub_caches() -> str:
     return f"{HF_HUB_CACHE} (Hugging Face Hub, where timm keeps most weights) or {torch.hub.get_dir()}/checkpoints"
 
 
+def _weights_source(name: str) -> str:
+    """Where timm would download ``name``'s weights from, for a person to fetch them by hand."""
+    from timm.models import get_pretrained_cfg
+
+    try:
+        config = get_pretrained_cfg(name.split(":", 1)[-1])
+    except RuntimeError:
+        config = None
+    if name.startswith("hf-hub:"):
+        return f"model.safetensors from https://huggingface.co/{name[len('hf-hub:'):].split('@')[0]}"
+    if config is not None and config.hf_hub_id:
+        return f"model.safetensors from https://huggingface.co/{config.hf_hub_id}"
+    if config is not None and config.url:
+        return config.url
+    return "the weights file"
+
+
 def check_model_name(name: str) -> None:
     """Raise unless timm knows ``name`` (an architecture, with or without a ``.tag``; ``hf-hub:``/``local-dir:``
     names are resolved by timm when the model is built)."""
     import timm
 
-    if ":" in name or timm.is_model(name):
+    if ":" in name:
+        return
+    if timm.is_model(name):
+        try:
+            timm.models.get_pretrained_cfg(name)
+        except RuntimeError:   # a known architecture with an unknown tag
+            tags = timm.list_pretrained(f"{name.split('.')[0]}.*")
+            raise ValueError(f"timm's {name.split('.')[0]} has no weights tagged {name.split('.', 1)[1]!r}."
+                             f"{did_you_mean(name, tags)} Tags: {', '.join(tags[:8]) or 'none'}.") from None
         return
     choices = timm.list_models() + (timm.list_pretrained() if "." in name else [])
     raise ValueError(f"Unknown timm model {name!r}.{did_you_mean(name, choices)} List names with "
@@ -147,8 +172,9 @@ def create_timm_model(name: str, pretrained: bool = False, weights: str | Path |
                              f"--weights FILE.") from None
         raise ValueError(f"Could not get the pretrained weights of {name!r} through timm ({type(err).__name__}: "
                          f"{first_line}). Either run once with a network connection (timm caches them in "
-                         f"{_hub_caches()}, and later runs use the cache offline), or pass --weights FILE with "
-                         f"the weights as a file (a state_dict, timm checkpoint or .safetensors).") from None
+                         f"{_hub_caches()}; later runs read the cache, also offline), or download "
+                         f"{_weights_source(name)} where there is a network and pass it with --weights FILE. "
+                         f"HF_HUB_OFFLINE=1 skips the download attempts.") from None
     except RuntimeError as err:   # timm: "No pretrained weights exist for ...", "Invalid pretrained tag ..."
         if not pretrained or "pretrained" not in str(err):
             raise
