@@ -172,6 +172,7 @@ def offline(*args, **kwargs):
     ("named text file", r"notes\.txt' is not an image file PIL can read"),
     ("truncated JPEG", r"cut\.jpg' could not be decoded \(image file is truncated"),
     ("over --max-pixels", r"80 × 60 = 4,800 pixels, over the limit of 100 .* --max-pixels 4800"),
+    ("--max-pixels 0", r"--max-pixels must be > 0, got 0"),
     ("decompression bomb", r"30000 × 30000 = 900,000,000 pixels, over the limit of 89,478,485"),
     ("folder without images", r"holds no image files"),
     ("missing file", r"--image '.*absent\.jpg' does not exist"),
@@ -204,6 +205,8 @@ def test_errors_exit_2_and_write_nothing(folder, tmp_path, capsys, monkeypatch, 
         image = [str(folder)]                     # the header is fine: fails while decoding, in the gallery
     elif case == "over --max-pixels":
         model = [*RANDOM, "--max-pixels", "100"]
+    elif case == "--max-pixels 0":
+        model = [*RANDOM, "--max-pixels", "0"]
     elif case == "decompression bomb":
         (folder / "bomb.png").write_bytes(png_header(30000, 30000))
         image = [str(folder / "bomb.png")]

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import torch
 
-from cvattn.checks import did_you_mean
+from cvattn.checks import check_positive, did_you_mean
 from cvattn.saliency.api import default_methods, saliency
 from cvattn.saliency.gallery import Gallery, Table, check_new_output
 from cvattn.saliency.overlay import saliency_grid
@@ -87,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m cvattn.saliency", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     common = parser.add_argument_group("both modes")
-    common.add_argument("--out", required=True, type=Path, help="output folder, new or empty (created)")
+    common.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder, new or empty (created)")
     common.add_argument("--methods", nargs="+", help="saliency methods (default: every method for the model but "
                                                      "the random/center baselines)")
     common.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available)")
@@ -99,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     weights.add_argument("--weights", metavar="FILE", help="a local state_dict, timm checkpoint or .safetensors")
     weights.add_argument("--random-weights", action="store_true", default=None,
                          help="an untrained network (labelled so in every title)")
-    photos.add_argument("--max-pixels", type=int, help="refuse larger images (default 89,478,485, PIL's)")
+    photos.add_argument("--max-pixels", type=int, metavar="N", help="refuse larger images (default 89,478,485, PIL's)")
     run = parser.add_argument_group("a trained run")
     run.add_argument("--checkpoint", help="Lightning .ckpt or a network state_dict")
     run.add_argument("--config", help="the train.py YAML the checkpoint was trained with")
@@ -140,9 +140,8 @@ def run_photos(args: argparse.Namespace) -> None:
     if not (args.pretrained or args.weights or args.random_weights):
         raise ValueError(f"--model {args.model} needs weights: --pretrained (timm's), --weights FILE (your own), or "
                          f"--random-weights to try the command on an untrained network.")
-    max_pixels = args.max_pixels or photos.DEFAULT_MAX_PIXELS
-    if max_pixels < 1:
-        raise ValueError(f"--max-pixels must be ≥ 1, got {args.max_pixels}.")
+    max_pixels = photos.DEFAULT_MAX_PIXELS if args.max_pixels is None else check_positive("--max-pixels",
+                                                                                          args.max_pixels)
     check_new_output(args.out)
     files, notes = photos.find_photos(args.image)
     for path in files:

@@ -120,12 +120,12 @@ def _weights_source(name: str) -> str:
     """Where timm would download ``name``'s weights from, for a person to fetch them by hand."""
     from timm.models import get_pretrained_cfg
 
-    try:
-        config = get_pretrained_cfg(name.split(":", 1)[-1])
-    except RuntimeError:
-        config = None
     if name.startswith("hf-hub:"):
         return f"model.safetensors from https://huggingface.co/{name[len('hf-hub:'):].split('@')[0]}"
+    try:
+        config = get_pretrained_cfg(name)
+    except RuntimeError:
+        config = None
     if config is not None and config.hf_hub_id:
         return f"model.safetensors from https://huggingface.co/{config.hf_hub_id}"
     if config is not None and config.url:
