@@ -21,6 +21,7 @@ from timm.data import ImageNetInfo, create_transform, resolve_data_config
 from cvattn.saliency import photos
 from cvattn.saliency.cli import main
 from cvattn.saliency.gallery import Gallery
+from cvattn.saliency.overlay import overlay, overlay_row
 
 torch.set_num_threads(1)
 RANDOM = ["--model", "resnet18", "--random-weights", "--methods", "gradcam"]
@@ -341,3 +342,30 @@ def test_empty_out_folder_is_used(folder, tmp_path):
     out.mkdir()
     assert main(["--image", str(folder / "bird.jpg"), *RANDOM, "--out", str(out)]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["000-bird.png", "index.html"]
+
+
+def test_out_taken_meanwhile_is_an_error_not_an_overwrite(folder, tmp_path, monkeypatch, capsys):
+    out, real_add = tmp_path / "out", Gallery.add_figure
+
+    def add_figure(self, *args, **kwargs):
+        real_add(self, *args, **kwargs)
+        out.mkdir(exist_ok=True)
+        (out / "theirs.png").write_bytes(b"")                    # another run finished first
+
+    monkeypatch.setattr(Gallery, "add_figure", add_figure)
+    assert main(["--image", str(folder / "bird.jpg"), *RANDOM, "--out", str(out)]) == 2
+    assert "was created by something else while this ran" in capsys.readouterr().err
+    assert [p.name for p in out.iterdir()] == ["theirs.png"] and leftovers(tmp_path) == []
+
+
+def test_overlay_row_is_the_image_then_one_overlay_per_method():
+    image = torch.rand(3, 8, 8) * 2 - 1
+    maps = {"gradcam": torch.rand(8, 8), "rollout": torch.rand(8, 8)}
+    figure = overlay_row(image, maps, "goldfinch 93%", mean=(0.5,) * 3, std=(0.5,) * 3)
+    axes = figure.get_axes()
+    assert [ax.get_title() for ax in axes] == ["goldfinch 93%", "gradcam", "rollout"]
+    shown = axes[2].get_images()[0].get_array()
+    assert np.array_equal(shown, overlay(image, maps["rollout"], mean=(0.5,) * 3, std=(0.5,) * 3))
+    assert np.allclose(axes[0].get_images()[0].get_array(), (image.permute(1, 2, 0).numpy() + 1) / 2, atol=1e-6)
+    with pytest.raises(ValueError, match="maps_by_method is empty"):
+        overlay_row(image, {}, "")

@@ -86,9 +86,13 @@ class Gallery:
         if exc_type is None:
             try:
                 (self.staging / "index.html").write_text(render_html(self), encoding="utf-8")
-                if self.out.is_dir():
-                    self.out.rmdir()   # empty (checked on entry); rename cannot replace a folder everywhere
-                os.rename(self.staging, self.out)
+                try:
+                    if self.out.is_dir():
+                        self.out.rmdir()   # empty (checked on entry); rename cannot replace a folder everywhere
+                    os.rename(self.staging, self.out)
+                except OSError as err:     # another run wrote to out meanwhile
+                    raise ValueError(f"--out {str(self.out)!r} was created by something else while this ran "
+                                     f"({err.strerror}); nothing was written. Run again with a new --out.") from None
                 return
             except BaseException:
                 self._discard()
