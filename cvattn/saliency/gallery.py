@@ -53,13 +53,15 @@ class Table:
 
 @dataclass
 class Gallery:
+    """``with Gallery(out, title) as gallery:`` ``gallery.add_figure(...)``, ``add_text``, ``notes``, ``tables``;
+    ``out`` appears, with ``index.html``, when the block ends without an error (module docstring)."""
     out: Path
     title: str
     notes: list[str] = field(default_factory=list)
     tables: list[Table] = field(default_factory=list)
-    cards: list[Card] = field(default_factory=list)
-    staging: Path | None = None
-    _created: list[Path] = field(default_factory=list)
+    cards: list[Card] = field(default_factory=list, init=False)
+    staging: Path | None = field(default=None, init=False)
+    _created: list[Path] = field(default_factory=list, init=False, repr=False)   # parents made here, to undo
 
     def __enter__(self) -> "Gallery":
         self.out = Path(self.out)
