@@ -9,8 +9,9 @@
 - ``'integrated_gradients'`` (Sundararajan, Taly & Yan, ICML 2017, Eq. 1): (x − x') ⊙ ∫_0^1 ∂y_c/∂x(x' + α(x − x'))
   dα with the baseline x' = ``baseline`` everywhere (0: the mean image, for inputs normalised by the dataset's mean
   and std). The integral is a quadrature over ``steps`` points: ``'gausslegendre'`` (Gauss-Legendre, Captum's
-  default, the default here), ``'riemann_trapezoid'`` or ``'riemann_right'`` (the paper's Eq. 3), with Captum's
-  points and weights. ``integrated_gradients_attribution`` returns the signed (B, C, H, W) attributions, which sum
+  default, the default here), ``'riemann_trapezoid'`` or ``'riemann_right'`` (the paper's Eq. 3), at Captum's
+  points. Deviation from Captum: its trapezoid weights are 1/steps (ends halved), which sum to 1 − 1/steps and
+  shrink every attribution by that factor (1.6% at 64 steps); here they are 1/(steps − 1), which sum to 1. ``integrated_gradients_attribution`` returns the signed (B, C, H, W) attributions, which sum
   to y_c(x) − y_c(x') up to the quadrature's error (completeness); the map is |Σ_channels attribution|, the
   per-pixel attribution's magnitude.
 - ``'guided_gradcam'`` (Selvaraju et al., ICCV 2017, §3.2): guided backpropagation (Springenberg et al., ICLR-W
@@ -33,7 +34,7 @@ from cvattn.saliency.methods.gradcam import CAM_NEEDS, activation_and_gradient, 
 from cvattn.saliency.registry import has_activation_maps, register_method, takes_glimpses
 
 DIFFERENTIABLE = "a classifier differentiable in its input (not a glimpse model, whose crops are hard choices)"
-INTEGRATION_METHODS = ("gausslegendre", "riemann_trapezoid", "riemann_right")
+INTEGRATION_RULES = ("gausslegendre", "riemann_trapezoid", "riemann_right")
 
 
 def differentiable(model: nn.Module) -> bool:
@@ -71,40 +72,41 @@ def smoothgrad(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, sa
     return _channel_max_abs(total / samples)
 
 
-def quadrature(steps: int, method: str) -> tuple[list[float], list[float]]:
-    """Points α in [0, 1] and their weights for ∫_0^1 g(α) dα ≈ Σ weight·g(α) (Captum's, method by method)."""
-    if method == "gausslegendre":
+def quadrature(steps: int, integration: str) -> tuple[list[float], list[float]]:
+    """Points α in [0, 1] and their weights for ∫_0^1 g(α) dα ≈ Σ weight·g(α) (Captum's, rule by rule)."""
+    if integration == "gausslegendre":
         nodes, weights = np.polynomial.legendre.leggauss(steps)                        # on [-1, 1]
         return list(0.5 * (nodes + 1)), list(0.5 * weights)
     if steps < 2:
-        raise ValueError(f"steps must be at least 2 for {method!r} integration, got {steps}.")
-    if method == "riemann_trapezoid":
-        weights = [1 / steps] * steps
-        weights[0] = weights[-1] = 0.5 / steps
+        raise ValueError(f"steps must be at least 2 for {integration!r} integration, got {steps}.")
+    if integration == "riemann_trapezoid":
+        # steps points, steps - 1 intervals. Captum weighs them 1/steps, which integrates to 1 - 1/steps.
+        weights = [1 / (steps - 1)] * steps
+        weights[0] = weights[-1] = 0.5 / (steps - 1)
         return torch.linspace(0, 1, steps).tolist(), weights
     return torch.linspace(1 / steps, 1, steps).tolist(), [1 / steps] * steps           # riemann_right
 
 
 def integrated_gradients_attribution(model: nn.Module, images: torch.Tensor, targets: torch.Tensor,
-                                     steps: int = 50, method: str = "gausslegendre",
+                                     steps: int = 50, integration: str = "gausslegendre",
                                      baseline: float = 0.0) -> torch.Tensor:
     """The signed Integrated Gradients (B, C, H, W) of each image's target logit; they sum over pixels and channels
     to y_c(images) − y_c(baseline) up to the quadrature's error."""
     check_count("steps", steps)
-    check_choice("integration method", method, INTEGRATION_METHODS)
+    check_choice("integration", integration, INTEGRATION_RULES)
     if not isinstance(baseline, (int, float)) or isinstance(baseline, bool):
         raise ValueError(f"baseline must be a number (the input value every pixel starts from), got {baseline!r}.")
     delta = images - baseline
     integral = torch.zeros_like(images)
-    for alpha, weight in zip(*quadrature(steps, method)):
+    for alpha, weight in zip(*quadrature(steps, integration)):
         integral += weight * input_gradient(model, baseline + alpha * delta, targets)
     return delta * integral
 
 
 @register_method("integrated_gradients", differentiable, DIFFERENTIABLE)
 def integrated_gradients(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, steps: int = 50,
-                         method: str = "gausslegendre", baseline: float = 0.0) -> torch.Tensor:
-    return integrated_gradients_attribution(model, images, targets, steps, method, baseline).sum(1).abs()
+                         integration: str = "gausslegendre", baseline: float = 0.0) -> torch.Tensor:
+    return integrated_gradients_attribution(model, images, targets, steps, integration, baseline).sum(1).abs()
 
 
 class _PositiveGradient(torch.autograd.Function):
