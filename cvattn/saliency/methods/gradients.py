@@ -8,10 +8,11 @@
   ``NoiseTunnel(Saliency)`` with ``abs=False``; Captum's default (``abs=True``) averages |∂y_c/∂x| instead.
 - ``'integrated_gradients'`` (Sundararajan, Taly & Yan, ICML 2017, Eq. 1): (x − x') ⊙ ∫_0^1 ∂y_c/∂x(x' + α(x − x'))
   dα with the baseline x' = ``baseline`` everywhere (0: the mean image, for inputs normalised by the dataset's mean
-  and std). The integral is a quadrature over ``steps`` points: ``'gausslegendre'`` (Gauss-Legendre, Captum's
-  default, the default here), ``'riemann_trapezoid'`` or ``'riemann_right'`` (the paper's Eq. 3), at Captum's
-  points. Deviation from Captum: its trapezoid weights are 1/steps (ends halved), which sum to 1 − 1/steps and
-  shrink every attribution by that factor (1.6% at 64 steps); here they are 1/(steps − 1), which sum to 1. ``integrated_gradients_attribution`` returns the signed (B, C, H, W) attributions, which sum
+  and std). The integral is a quadrature over ``steps`` points, by the rule ``integration``: ``'gausslegendre'``
+  (Gauss-Legendre, Captum's default, the default here), ``'riemann_trapezoid'`` or ``'riemann_right'`` (the
+  paper's Eq. 3), at Captum's points. Deviation from Captum: its trapezoid weights are 1/steps (ends halved), which
+  sum to 1 − 1/steps and shrink every attribution by that factor (1.6% at 64 steps); here they are 1/(steps − 1),
+  which sum to 1. ``integrated_gradients_attribution`` returns the signed (B, C, H, W) attributions, which sum
   to y_c(x) − y_c(x') up to the quadrature's error (completeness); the map is |Σ_channels attribution|, the
   per-pixel attribution's magnitude.
 - ``'guided_gradcam'`` (Selvaraju et al., ICCV 2017, §3.2): guided backpropagation (Springenberg et al., ICLR-W
