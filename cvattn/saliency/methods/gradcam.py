@@ -135,7 +135,6 @@ def gradient_cam(name: str):
         @register_method(name, has_activation_maps, CAM_NEEDS)
         def method(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, layer: str | None = None):
             return combine(*activation_and_gradient(model, images, targets, layer))
-        method.__doc__ = combine.__doc__
         return combine
     return register
 

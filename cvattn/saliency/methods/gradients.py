@@ -77,7 +77,7 @@ def quadrature(steps: int, integration: str) -> tuple[list[float], list[float]]:
     """Points α in [0, 1] and their weights for ∫_0^1 g(α) dα ≈ Σ weight·g(α) (Captum's, rule by rule)."""
     if integration == "gausslegendre":
         nodes, weights = np.polynomial.legendre.leggauss(steps)                        # on [-1, 1]
-        return list(0.5 * (nodes + 1)), list(0.5 * weights)
+        return (0.5 * (nodes + 1)).tolist(), (0.5 * weights).tolist()
     if steps < 2:
         raise ValueError(f"steps must be at least 2 for {integration!r} integration, got {steps}.")
     if integration == "riemann_trapezoid":
