@@ -35,6 +35,13 @@ def check_positive(name: str, value: float) -> float:
     return value
 
 
+def check_count(name: str, value: int) -> int:
+    """``value`` if it is a positive int (a number of steps, samples, pixels), else a ``ValueError`` naming ``name``."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+    return value
+
+
 def check_channels(owner: str, channels: int) -> int:
     """``channels`` if it is a positive int, else a ``ValueError`` naming ``owner`` (the block or model)."""
     if not isinstance(channels, int) or isinstance(channels, bool) or channels < 1:

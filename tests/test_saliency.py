@@ -71,14 +71,18 @@ def images(batch: int = 3, size: int = 16, chans: int = 1, seed: int = 0) -> tor
 
 
 MODELS = {"cbam_convnet": cbam_convnet, "vit": tiny_vit, "ram": tiny_ram}
+CAMS = ["gradcam", "gradcam++", "hirescam", "xgradcam", "layercam", "eigencam", "scorecam"]
+GRADIENTS = ["gradient", "smoothgrad", "integrated_gradients"]
 
 
 # --- the saliency() contract -------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("family, expected", [
-    ("cbam_convnet", ["spatial_gate", "channel_gate", "gradcam", "gradcam++", "random", "center", "brightness"]),
-    ("vit", ["attention", "rollout", "grad_rollout", "gradcam", "gradcam++", "random", "center", "brightness"]),
-    ("ram", ["glimpses", "random", "center", "brightness"]),
+    ("cbam_convnet", ["spatial_gate", "channel_gate", *CAMS, *GRADIENTS, "guided_gradcam", "occlusion", "random",
+                      "center", "brightness"]),
+    ("vit", ["attention", "rollout", "grad_rollout", *CAMS, *GRADIENTS, "occlusion", "random", "center",
+             "brightness"]),
+    ("ram", ["glimpses", "occlusion", "random", "center", "brightness"]),
 ])
 def test_every_method_gives_unit_maps_at_input_resolution(family, expected):
     model = MODELS[family]()
@@ -98,7 +102,7 @@ def test_lightning_modules_are_unwrapped():
     x = images()
     torch.testing.assert_close(saliency(module, x, "gradcam"), saliency(module.model, x, "gradcam"))
     ram = RAMModule(model="ram_28", model_kwargs={"glimpse_size": 4, "hidden_size": 16}, num_classes=5, in_chans=1)
-    assert available_methods(ram.model) == ["glimpses", "random", "center", "brightness"]
+    assert available_methods(ram.model) == ["glimpses", "occlusion", "random", "center", "brightness"]
     torch.testing.assert_close(saliency(ram, x, "glimpses"), saliency(ram.model, x, "glimpses"))
 
 
