@@ -15,10 +15,14 @@ Written here rather than taken from pytorch-grad-cam: see docs/saliency.md.
 """
 from __future__ import annotations
 
+from contextlib import ExitStack
+
 import torch
 import torch.nn as nn
 
 from cvattn.checks import did_you_mean
+from cvattn.saliency.adapters import expected_channels
+from cvattn.saliency.runtime import inspection_mode
 from cvattn.saliency.registry import has_activation_maps, reads_attention, register_method
 
 
@@ -33,14 +37,47 @@ def find_module(model: nn.Module, path: str) -> nn.Module:
 
 
 def default_layer(model: nn.Module) -> str:
-    """Grad-CAM's layer when none is given: a ViT's last ``norm1`` (its last block's input tokens), otherwise the
-    last entry of ``feature_info`` (the last feature map)."""
+    """Grad-CAM's layer when none is given. A ViT: the input of its last block's attention (its
+    ``default_cam_layer``, else ``blocks.{L-1}.norm1``). A CNN: its last feature map, the last entry of
+    ``feature_info`` (timm's models, cvattn's), else found by a probe forward of one blank image: the last module
+    to finish whose output is a (1, C, h, w) map with h, w > 1 (torchvision's ``layer4``, ``features``)."""
+    if getattr(model, "default_cam_layer", None):
+        return model.default_cam_layer
     if reads_attention(model):
         return f"blocks.{len(model.blocks) - 1}.norm1"
+    if getattr(model, "output_fmt", "NCHW") != "NCHW":
+        raise ValueError(f"{type(model).__name__} keeps its feature maps channels-last ({model.output_fmt}), which "
+                         f"Grad-CAM does not read: pass layer='<module path>' of a module whose output is "
+                         f"(B, C, h, w).")
     if getattr(model, "feature_info", None):
         return model.feature_info[-1]["module"]
-    raise ValueError(f"{type(model).__name__} has no feature_info to find its last feature map: pass "
-                     f"layer='<module path>' (a convolutional layer or block whose output is (B, C, H, W)).")
+    return _last_feature_map(model)
+
+
+def _last_feature_map(model: nn.Module) -> str:
+    in_chans = expected_channels(model)
+    if in_chans is None:
+        raise ValueError(f"{type(model).__name__} has no feature_info or in_chans to find its last feature map: "
+                         f"pass layer='<module path>' (a convolutional layer or block whose output is (B, C, H, W)).")
+    size = (getattr(model, "pretrained_cfg", None) or {}).get("input_size", (in_chans, 224, 224))[-2:]
+    parameter = next(model.parameters())
+    finished: list[str] = []
+
+    def record(path: str):
+        def hook(_module, _inputs, output):
+            if isinstance(output, torch.Tensor) and output.ndim == 4 and min(output.shape[-2:]) > 1:
+                finished.append(path)
+        return hook
+
+    with ExitStack() as stack, inspection_mode(model), torch.no_grad():
+        for path, module in model.named_modules():
+            if path:
+                stack.callback(module.register_forward_hook(record(path)).remove)
+        model(torch.zeros(1, in_chans, *size, device=parameter.device, dtype=parameter.dtype))
+    if not finished:
+        raise ValueError(f"{type(model).__name__} produced no (B, C, h, w) feature map with h, w > 1 on a "
+                         f"{size[0]}×{size[1]} image: pass layer='<module path>' of the layer to explain.")
+    return finished[-1]
 
 
 def activation_and_gradient(
