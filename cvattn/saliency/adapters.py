@@ -71,13 +71,18 @@ def attention_gate(module: nn.Module) -> nn.Module:
     return module.get_submodule(known[1]) if known and not isinstance(module, AttentionBlock) else module.gate
 
 
+def is_foreign(model: nn.Module) -> bool:
+    """A timm, torchvision or Hugging Face module."""
+    return type(model).__module__.startswith(FOREIGN_LIBRARIES)
+
+
 def expected_channels(model: nn.Module) -> int | None:
     """The number of input channels the model takes: its ``in_chans``, or for a timm, torchvision or Hugging Face
     model the stem's (its first ``nn.Conv2d``); None when unknown."""
     in_chans = getattr(model, "in_chans", None)
     if isinstance(in_chans, int):
         return in_chans
-    if type(model).__module__.startswith(FOREIGN_LIBRARIES):
+    if is_foreign(model):
         stem = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
         return stem.in_channels if stem is not None else None
     return None
@@ -257,11 +262,12 @@ def _is_hf_vit(model: nn.Module) -> bool:
 
 
 class HuggingFaceViTReader:
-    """``AttentionReader`` for Hugging Face ViT/DeiT classifiers; ``forward`` returns the logits tensor.
+    """``AttentionReader`` for Hugging Face ViT/DeiT classifiers (transformers 5); ``forward`` returns the logits
+    tensor.
 
-    ``output_attentions=True`` returns each layer's softmax (the tensor the eager attention multiplied the values
-    with); the config's attention implementation is set to ``'eager'`` for that one forward (the SDPA one returns
-    no weights) and restored afterwards.
+    Each attention module returns ``(output, weights)``, the weights being the softmax the eager implementation
+    multiplied the values with; the config's attention implementation is set to ``'eager'`` for that one forward
+    (SDPA returns no weights) and restored afterwards.
     """
 
     @staticmethod
@@ -288,12 +294,20 @@ class HuggingFaceViTReader:
         self.grid_size_for(x.shape[-2:])
         config = self.config
         implementation = config._attn_implementation
+        # The modules whose output is (attn_output, attn_weights): what `output_attentions=True` would collect,
+        # read by hooks removed afterwards (transformers' own collecting hooks stay on a model once installed).
+        attention_class = getattr(self, self.base_model_prefix)._can_record_outputs["attentions"]
+        maps: list[torch.Tensor] = []
+        handles = [module.register_forward_hook(lambda _m, _args, output: maps.append(output[1]))
+                   for module in self.modules() if isinstance(module, attention_class)]
         try:
             config._attn_implementation = "eager"
-            output = super().forward(pixel_values=x, output_attentions=True)
+            logits = self(x)
         finally:
             config._attn_implementation = implementation
-        return _stacked(output.logits, list(output.attentions), stack)
+            for handle in handles:
+                handle.remove()
+        return _stacked(logits, maps, stack)
 
 
 _READERS = ((_is_timm_vit, TimmViTReader), (_is_torchvision_vit, TorchvisionViTReader),

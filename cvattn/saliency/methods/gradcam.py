@@ -15,13 +15,14 @@ Written here rather than taken from pytorch-grad-cam: see docs/saliency.md.
 """
 from __future__ import annotations
 
+import weakref
 from contextlib import ExitStack
 
 import torch
 import torch.nn as nn
 
 from cvattn.checks import did_you_mean
-from cvattn.saliency.adapters import expected_channels
+from cvattn.saliency.adapters import expected_channels, is_foreign
 from cvattn.saliency.runtime import inspection_mode
 from cvattn.saliency.registry import has_activation_maps, reads_attention, register_method
 
@@ -38,9 +39,11 @@ def find_module(model: nn.Module, path: str) -> nn.Module:
 
 def default_layer(model: nn.Module) -> str:
     """Grad-CAM's layer when none is given. A ViT: the input of its last block's attention (its
-    ``default_cam_layer``, else ``blocks.{L-1}.norm1``). A CNN: its last feature map, the last entry of
-    ``feature_info`` (timm's models, cvattn's), else found by a probe forward of one blank image: the last module
-    to finish whose output is a (1, C, h, w) map with h, w > 1 (torchvision's ``layer4``, ``features``)."""
+    ``default_cam_layer``, else ``blocks.{L-1}.norm1``). A cvattn CNN: its last feature map, the last entry of
+    ``feature_info``. Any other CNN (timm's, torchvision's): the last module to finish, in a probe forward of one
+    blank image at the model's own input size, whose output is a (1, C, h, w) map with h, w > 1 (torchvision's
+    ``layer4`` or ``features``, timm's ``layer4`` or ``bn2`` after EfficientNet's head convolution; timm's
+    ``feature_info`` stops before that convolution), probed once per model."""
     if getattr(model, "default_cam_layer", None):
         return model.default_cam_layer
     if reads_attention(model):
@@ -49,9 +52,14 @@ def default_layer(model: nn.Module) -> str:
         raise ValueError(f"{type(model).__name__} keeps its feature maps channels-last ({model.output_fmt}), which "
                          f"Grad-CAM does not read: pass layer='<module path>' of a module whose output is "
                          f"(B, C, h, w).")
-    if getattr(model, "feature_info", None):
+    if getattr(model, "feature_info", None) and not is_foreign(model):
         return model.feature_info[-1]["module"]
-    return _last_feature_map(model)
+    if model not in _PROBED:
+        _PROBED[model] = _last_feature_map(model)
+    return _PROBED[model]
+
+
+_PROBED: weakref.WeakKeyDictionary[nn.Module, str] = weakref.WeakKeyDictionary()
 
 
 def _last_feature_map(model: nn.Module) -> str:
@@ -64,8 +72,9 @@ def _last_feature_map(model: nn.Module) -> str:
     finished: list[str] = []
 
     def record(path: str):
-        def hook(_module, _inputs, output):
-            if isinstance(output, torch.Tensor) and output.ndim == 4 and min(output.shape[-2:]) > 1:
+        def hook(_module, inputs, output):
+            passed_on = bool(inputs) and output is inputs[0]          # an nn.Identity names nothing new
+            if isinstance(output, torch.Tensor) and output.ndim == 4 and min(output.shape[-2:]) > 1 and not passed_on:
                 finished.append(path)
         return hook
 
