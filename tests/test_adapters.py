@@ -319,3 +319,19 @@ def test_hugging_face_deit_reads_the_class_token_after_two_prefix_tokens():
     raw = METHODS["attention"].fn(view, images, torch.zeros(2, dtype=torch.long))
     torch.testing.assert_close(raw, expected, atol=1e-6, rtol=0)
     assert saliency(model, images, "grad_rollout").shape == (2, 32, 32)
+
+
+def test_other_hugging_face_classifiers_get_gradcam_on_their_logits():
+    transformers = pytest.importorskip("transformers", reason="the optional extra cvattn[hf]")
+    config = transformers.ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], num_labels=10)
+    model = transformers.ResNetForImageClassification(config).eval()
+    view = adapt(model)
+    assert adapt(view) is view and view.adapted_model is model
+    assert available_methods(model)[:2] == ["gradcam", "gradcam++"]
+    images = torch.randn(2, 3, 64, 64)
+    layer = default_layer(view)
+    assert view.get_submodule(layer) is model.get_submodule(layer)
+    before = _state(model)
+    torch.testing.assert_close(saliency(model, images, "gradcam", target=3),
+                               saliency(model, images, "gradcam", target=3, layer=layer), atol=0, rtol=0)
+    _assert_unchanged(before, model)

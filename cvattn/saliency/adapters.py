@@ -6,11 +6,12 @@ user's model offering the attributes), else an *attention view* of it that meets
 - timm's Vision Transformers whose blocks use ``timm.layers.Attention`` (``vit_*``, ``deit_*`` distilled ones
   included, register tokens; ``global_pool`` ``'token'`` or ``'avg'``);
 - torchvision's ``VisionTransformer`` (``vit_b_16`` …);
-- Hugging Face ``ViTForImageClassification`` / ``DeiTForImageClassification`` (``transformers``, optional).
+- Hugging Face ``ViTForImageClassification`` / ``DeiTForImageClassification`` (``transformers``, optional);
+  other Hugging Face image classifiers get a view whose ``forward`` returns the logits tensor (for Grad-CAM).
 
 The view is the same network under a subclass that adds ``forward_attention``, ``grid_size_for`` and what else
 the contract needs: it shares the model's parameters, buffers, submodules and hooks (a shallow copy of its
-``__dict__``), so module paths (``layer=``, ``blocks=``) are the model's own and no weight is copied. Nothing is
+``__dict__``; the original is its ``adapted_model``), so module paths (``layer=``, ``blocks=``) are the model's own and no weight is copied. Nothing is
 written to the model: ``forward_attention`` switches each layer to its explicit attention path for one forward
 (timm: ``fused_attn = False``; torchvision: ``nn.MultiheadAttention``'s maths written out; Hugging Face: the
 eager implementation), reads the softmax the forward multiplied the values with, and restores every flag and
@@ -90,9 +91,9 @@ def expected_channels(model: nn.Module) -> int | None:
 
 def adapt(model: nn.Module) -> nn.Module:
     """``model`` when it meets the contracts (or no adapter knows it), else its attention view (module docstring)."""
-    if isinstance(model, AttentionReader):
+    if isinstance(model, AttentionReader) or "adapted_model" in model.__dict__:
         return model
-    for matches, reader in _READERS:
+    for matches, reader in _ADAPTERS:
         if matches(model):
             return _view(model, reader)
     return model
@@ -137,24 +138,16 @@ def _stacked(logits: torch.Tensor, maps: list[torch.Tensor], stack: bool):
 
 # --- timm -------------------------------------------------------------------------------------------------------
 
-def _timm_attention_class() -> type | None:
-    try:
-        from timm.layers import Attention
-    except ImportError:
-        return None
-    return Attention
-
-
 def _is_timm_vit(model: nn.Module) -> bool:
     """A timm ViT (``vision_transformer.VisionTransformer`` or a subclass: DeiT, distilled, hybrid) whose every
     block's attention is ``timm.layers.Attention``, pooled by the class token or the patch mean."""
     if not type(model).__module__.startswith("timm."):
         return False
+    from timm.layers import Attention
     from timm.models.vision_transformer import VisionTransformer
 
-    attention = _timm_attention_class()
     return (isinstance(model, VisionTransformer) and len(model.blocks) > 0
-            and all(type(getattr(block, "attn", None)) is attention for block in model.blocks)
+            and all(type(getattr(block, "attn", None)) is Attention for block in model.blocks)
             and model.global_pool in READABLE_POOLS and model.attn_pool is None
             and not getattr(model, "pool_include_prefix", False))
 
@@ -255,13 +248,29 @@ def explicit_attention(mha: nn.MultiheadAttention, maps: list[torch.Tensor], que
 
 # --- Hugging Face transformers ------------------------------------------------------------------------------------
 
+def _is_hf_classifier(model: nn.Module) -> bool:
+    """A Hugging Face image classifier (``…ForImageClassification``): its forward returns an output object."""
+    return type(model).__module__.startswith("transformers.") and type(model).__name__.endswith("ForImageClassification")
+
+
 def _is_hf_vit(model: nn.Module) -> bool:
     """``ViTForImageClassification`` or ``DeiTForImageClassification`` (class token read by the classifier)."""
-    return (type(model).__module__.startswith("transformers.")
-            and type(model).__name__ in ("ViTForImageClassification", "DeiTForImageClassification"))
+    return _is_hf_classifier(model) and type(model).__name__ in ("ViTForImageClassification",
+                                                                  "DeiTForImageClassification")
 
 
-class HuggingFaceViTReader:
+class HuggingFaceLogits:
+    """A Hugging Face image classifier whose ``forward(images)`` returns the logits tensor (CNNs: Grad-CAM)."""
+
+    @staticmethod
+    def contract_attributes(view: nn.Module) -> dict:
+        return {"in_chans": view.config.num_channels}
+
+    def forward(self, pixel_values: torch.Tensor, **kwargs) -> torch.Tensor:
+        return super().forward(pixel_values=pixel_values, **kwargs).logits
+
+
+class HuggingFaceViTReader(HuggingFaceLogits):
     """``AttentionReader`` for Hugging Face ViT/DeiT classifiers (transformers 5); ``forward`` returns the logits
     tensor.
 
@@ -287,9 +296,6 @@ class HuggingFaceViTReader:
         _check_grid(type(self).__name__, (int(image_size[0]), int(image_size[1])), size, patch)
         return size[0] // patch[0], size[1] // patch[1]
 
-    def forward(self, pixel_values: torch.Tensor, **kwargs) -> torch.Tensor:
-        return super().forward(pixel_values=pixel_values, **kwargs).logits
-
     def forward_attention(self, x: torch.Tensor, stack: bool = True):
         self.grid_size_for(x.shape[-2:])
         config = self.config
@@ -310,5 +316,5 @@ class HuggingFaceViTReader:
         return _stacked(logits, maps, stack)
 
 
-_READERS = ((_is_timm_vit, TimmViTReader), (_is_torchvision_vit, TorchvisionViTReader),
-            (_is_hf_vit, HuggingFaceViTReader))
+_ADAPTERS = ((_is_timm_vit, TimmViTReader), (_is_torchvision_vit, TorchvisionViTReader),
+            (_is_hf_vit, HuggingFaceViTReader), (_is_hf_classifier, HuggingFaceLogits))

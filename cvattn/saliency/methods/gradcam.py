@@ -54,9 +54,10 @@ def default_layer(model: nn.Module) -> str:
                          f"(B, C, h, w).")
     if getattr(model, "feature_info", None) and not is_foreign(model):
         return model.feature_info[-1]["module"]
-    if model not in _PROBED:
-        _PROBED[model] = _last_feature_map(model)
-    return _PROBED[model]
+    original = getattr(model, "adapted_model", model)          # views are made per call; the model stays
+    if original not in _PROBED:
+        _PROBED[original] = _last_feature_map(model)
+    return _PROBED[original]
 
 
 _PROBED: weakref.WeakKeyDictionary[nn.Module, str] = weakref.WeakKeyDictionary()
