@@ -110,6 +110,22 @@ def _hand_last_attention(model: nn.Module, images: torch.Tensor) -> torch.Tensor
     return ((q @ k.transpose(-2, -1)) * attn.scale).softmax(-1).mean(1).detach()
 
 
+def test_timm_vit_as_a_new_user_creates_it():
+    model = timm.create_model("vit_tiny_patch16_224", depth=4, num_classes=10)   # the depth only for speed
+    images = torch.randn(1, 3, 224, 224)
+    for method in ("attention", "rollout", "grad_rollout", "gradcam"):
+        maps = saliency(model, images, method)
+        assert maps.shape == (1, 224, 224) and maps.max() == 1 and maps.min() == 0
+
+
+@pytest.mark.slow
+def test_torchvision_vit_b_16_at_its_native_size():
+    model = torchvision.models.vit_b_16(weights=None)
+    before = _state(model)
+    assert saliency(model, torch.randn(1, 3, 224, 224), "grad_rollout").shape == (1, 224, 224)
+    _assert_unchanged(before, model)
+
+
 @pytest.mark.parametrize("build, prefix, pool", [
     (lambda: timm.create_model("deit_tiny_distilled_patch16_224", img_size=32, depth=2, num_classes=10), 2, "token"),
     (lambda: TimmViT(reg_tokens=4, **SMALL_VIT), 5, "token"),
@@ -133,14 +149,19 @@ def test_timm_vit_prefix_tokens_and_pooling(build, prefix, pool):
 def test_timm_transformers_with_other_attention_get_a_clear_error():
     swin = timm.create_model("swin_tiny_patch4_window7_224", img_size=32, window_size=4, embed_dim=16, depths=(1, 1),
                              num_heads=(1, 1), num_classes=10)
+    eva = timm.create_model("eva02_tiny_patch14_224", img_size=28, depth=1, num_classes=10)
     attention_pool = TimmViT(global_pool="map", **SMALL_VIT)
-    images = torch.randn(1, 3, 32, 32)
-    for model in (swin, attention_pool):
+    for model, size in ((swin, 32), (eva, 28), (attention_pool, 32)):
         assert "attention" not in available_methods(model)
         with pytest.raises(ValueError, match=r"does not apply to .*Methods that apply to this model: 'gradcam'"):
-            saliency(model, images, "rollout")
+            saliency(model, torch.randn(1, 3, size, size), "rollout")
     with pytest.raises(ValueError, match=r"channels-last \(NHWC\).*layer="):
-        saliency(swin, images, "gradcam")
+        saliency(swin, torch.randn(1, 3, 32, 32), "gradcam")
+    for model, size in ((eva, 28), (attention_pool, 32)):
+        with pytest.raises(ValueError, match=r"attention cvattn does not read .* no token grid .*layer="):
+            saliency(model, torch.randn(1, 3, size, size), "gradcam")
+    layer = saliency(attention_pool, torch.randn(1, 3, 32, 32), "gradcam", layer="patch_embed.proj")
+    assert layer.shape == (1, 32, 32)
 
 
 def test_wrong_images_for_a_foreign_model_get_a_clear_error():

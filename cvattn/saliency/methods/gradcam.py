@@ -48,6 +48,11 @@ def default_layer(model: nn.Module) -> str:
         return model.default_cam_layer
     if reads_attention(model):
         return f"blocks.{len(model.blocks) - 1}.norm1"
+    if hasattr(model, "num_prefix_tokens"):
+        raise ValueError(f"{type(model).__name__} is a transformer whose attention cvattn does not read (it reads "
+                         f"timm ViTs built on timm.layers.Attention with global_pool 'token' or 'avg', torchvision's "
+                         f"and Hugging Face's ViTs), so Grad-CAM has no token grid to put its tokens on: pass "
+                         f"layer='<module path>' of a module whose output is (B, C, h, w).")
     if getattr(model, "output_fmt", "NCHW") != "NCHW":
         raise ValueError(f"{type(model).__name__} keeps its feature maps channels-last ({model.output_fmt}), which "
                          f"Grad-CAM does not read: pass layer='<module path>' of a module whose output is "
