@@ -11,11 +11,12 @@ user's model offering the attributes), else an *attention view* of it that meets
 
 The view is the same network under a subclass that adds ``forward_attention``, ``grid_size_for`` and what else
 the contract needs: it shares the model's parameters, buffers, submodules and hooks (a shallow copy of its
-``__dict__``; the original is its ``adapted_model``), so module paths (``layer=``, ``blocks=``) are the model's own and no weight is copied. Nothing is
-written to the model: ``forward_attention`` switches each layer to its explicit attention path for one forward
-(timm: ``fused_attn = False``; torchvision: ``nn.MultiheadAttention``'s maths written out; Hugging Face: the
-eager implementation), reads the softmax the forward multiplied the values with, and restores every flag and
-removes every hook in ``finally``. Logits and maps come from that one forward.
+``__dict__``; the original is its ``adapted_model``), so no weight is copied and module paths (``layer=``,
+``blocks=``) are the model's own, which a wrapper module holding the model as a child would prefix. Its train/eval
+flag is its own. ``forward_attention`` switches each layer to its explicit attention path for one forward (timm:
+``fused_attn = False``; torchvision: ``nn.MultiheadAttention``'s maths written out; Hugging Face: the eager
+implementation), reads the softmax the forward multiplied the values with, and restores every flag and removes
+every hook in ``finally``: nothing stays written to the model. Logits and maps come from that one forward.
 
 CNNs need no view: Grad-CAM finds their last feature map (``gradcam.default_layer``) and the gate maps find the
 foreign attention blocks in ``FOREIGN_ATTENTION_BLOCKS`` (timm's SE/ECA/CBAM and the SE of EfficientNets), a table
@@ -101,7 +102,8 @@ def adapt(model: nn.Module) -> nn.Module:
 
 def _view(model: nn.Module, reader: type) -> nn.Module:
     """The same network as an instance of ``reader`` + its class: shared state, its own train/eval flag."""
-    view = _view_class(type(model), reader).__new__(_view_class(type(model), reader))
+    view_class = _view_class(type(model), reader)
+    view = view_class.__new__(view_class)
     view.__dict__.update(model.__dict__)     # the same _modules/_parameters/_buffers/hook dicts, not copies
     view.__dict__["adapted_model"] = model   # via __dict__: nn.Module.__setattr__ would register it as a child
     view.__dict__.update(reader.contract_attributes(view))
@@ -250,7 +252,8 @@ def explicit_attention(mha: nn.MultiheadAttention, maps: list[torch.Tensor], que
 
 def _is_hf_classifier(model: nn.Module) -> bool:
     """A Hugging Face image classifier (``…ForImageClassification``): its forward returns an output object."""
-    return type(model).__module__.startswith("transformers.") and type(model).__name__.endswith("ForImageClassification")
+    return (type(model).__module__.startswith("transformers.")
+            and type(model).__name__.endswith("ForImageClassification"))
 
 
 def _is_hf_vit(model: nn.Module) -> bool:
