@@ -36,11 +36,16 @@ Written here rather than taken from pytorch-grad-cam: see docs/saliency.md.
 """
 from __future__ import annotations
 
+import weakref
+from contextlib import ExitStack
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from cvattn.checks import check_count, did_you_mean
+from cvattn.saliency.adapters import expected_channels, is_foreign
+from cvattn.saliency.runtime import inspection_mode
 from cvattn.saliency.registry import has_activation_maps, reads_attention, register_method
 
 
@@ -55,14 +60,61 @@ def find_module(model: nn.Module, path: str) -> nn.Module:
 
 
 def default_layer(model: nn.Module) -> str:
-    """Grad-CAM's layer when none is given: a ViT's last ``norm1`` (its last block's input tokens), otherwise the
-    last entry of ``feature_info`` (the last feature map)."""
+    """Grad-CAM's layer when none is given. A ViT: the input of its last block's attention (its
+    ``default_cam_layer``, else ``blocks.{L-1}.norm1``). A cvattn CNN: its last feature map, the last entry of
+    ``feature_info``. Any other CNN (timm's, torchvision's): the last module to finish, in a probe forward of one
+    blank image at the model's own input size, whose output is a (1, C, h, w) map with h, w > 1 (torchvision's
+    ``layer4`` or ``features``, timm's ``layer4`` or ``bn2`` after EfficientNet's head convolution; timm's
+    ``feature_info`` stops before that convolution), probed once per model."""
+    if getattr(model, "default_cam_layer", None):
+        return model.default_cam_layer
     if reads_attention(model):
         return f"blocks.{len(model.blocks) - 1}.norm1"
-    if getattr(model, "feature_info", None):
+    if hasattr(model, "num_prefix_tokens"):
+        raise ValueError(f"{type(model).__name__} is a transformer whose attention cvattn does not read (it reads "
+                         f"timm ViTs built on timm.layers.Attention with global_pool 'token' or 'avg', torchvision's "
+                         f"and Hugging Face's ViTs), so Grad-CAM has no token grid to put its tokens on: pass "
+                         f"layer='<module path>' of a module whose output is (B, C, h, w).")
+    if getattr(model, "output_fmt", "NCHW") != "NCHW":
+        raise ValueError(f"{type(model).__name__} keeps its feature maps channels-last ({model.output_fmt}), which "
+                         f"Grad-CAM does not read: pass layer='<module path>' of a module whose output is "
+                         f"(B, C, h, w).")
+    if getattr(model, "feature_info", None) and not is_foreign(model):
         return model.feature_info[-1]["module"]
-    raise ValueError(f"{type(model).__name__} has no feature_info to find its last feature map: pass "
-                     f"layer='<module path>' (a convolutional layer or block whose output is (B, C, H, W)).")
+    original = getattr(model, "adapted_model", model)          # views are made per call; the model stays
+    if original not in _PROBED:
+        _PROBED[original] = _last_feature_map(model)
+    return _PROBED[original]
+
+
+_PROBED: weakref.WeakKeyDictionary[nn.Module, str] = weakref.WeakKeyDictionary()
+
+
+def _last_feature_map(model: nn.Module) -> str:
+    in_chans = expected_channels(model)
+    if in_chans is None:
+        raise ValueError(f"{type(model).__name__} has no feature_info or in_chans to find its last feature map: "
+                         f"pass layer='<module path>' (a convolutional layer or block whose output is (B, C, H, W)).")
+    size = (getattr(model, "pretrained_cfg", None) or {}).get("input_size", (in_chans, 224, 224))[-2:]
+    parameter = next(model.parameters())
+    finished: list[str] = []
+
+    def record(path: str):
+        def hook(_module, inputs, output):
+            passed_on = bool(inputs) and output is inputs[0]          # an nn.Identity names nothing new
+            if isinstance(output, torch.Tensor) and output.ndim == 4 and min(output.shape[-2:]) > 1 and not passed_on:
+                finished.append(path)
+        return hook
+
+    with ExitStack() as stack, inspection_mode(model), torch.no_grad():
+        for path, module in model.named_modules():
+            if path:
+                stack.callback(module.register_forward_hook(record(path)).remove)
+        model(torch.zeros(1, in_chans, *size, device=parameter.device, dtype=parameter.dtype))
+    if not finished:
+        raise ValueError(f"{type(model).__name__} produced no (B, C, h, w) feature map with h, w > 1 on a "
+                         f"{size[0]}×{size[1]} image: pass layer='<module path>' of the layer to explain.")
+    return finished[-1]
 
 
 def layer_output(
