@@ -93,13 +93,13 @@ def test_data_dir_that_is_a_file(tmp_path, no_system_copy):  # noqa: F811
 @pytest.mark.parametrize("module, kwargs, parts", [
     ("fmnist", {"batch_size": 91}, ["batch_size=91 is larger than the 90 training images", "100 less 10",
                                     "Use batch_size <= 90"]),
-    ("fmnist", {"batch_size": 10**9}, ["batch_size=1000000000", "1x28x28", "FashionMNISTDataModule.max_batch_bytes",
-                                       "Lower batch_size", "subclass FashionMNISTDataModule"]),
+    ("fmnist", {"batch_size": 10**9}, ["batch_size=1000000000", "1x28x28", "2,920.6 GiB", "Lower batch_size",
+                                       "FashionMNISTDataModule.max_batch_bytes", "subclass FashionMNISTDataModule"]),
     ("fmnist", {"batch_size": 20, "val_fraction": 0.9}, ["batch_size=20 is larger than the 10 training images"]),
     ("folder", {"batch_size": 13}, ["batch_size=13 is larger than the 12 training images", "14 less 2"]),
     ("folder", {"batch_size": 4, "image_size": 30000}, ["image_size=30000", "max_image_size = 4096",
                                                         "subclass ImageFolderDataModule"]),
-    ("folder", {"batch_size": 128, "image_size": 4096}, ["batch_size=128", "3x4096x4096", "24 GiB"]),
+    ("folder", {"batch_size": 128, "image_size": 4096}, ["batch_size=128", "3x4096x4096", "24.0 GiB"]),
 ], ids=["batch>train", "batch-memory", "batch>train-after-val", "folder-batch>train", "folder-image-size",
         "folder-batch-memory"])
 def test_batch_size_against_the_data(tmp_path, fmnist, module, kwargs, parts):

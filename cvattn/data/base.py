@@ -138,7 +138,7 @@ class ImageDataModule(L.LightningDataModule):
             name = type(self).__name__
             raise ValueError(
                 f"One batch of batch_size={self.batch_size} float32 images of {self.in_chans}x{height}x{width} would "
-                f"take {nbytes / 2**30:.3g} GiB, more than {name}.max_batch_bytes = {self.max_batch_bytes / 2**30:g} "
+                f"take {nbytes / 2**30:,.1f} GiB, more than {name}.max_batch_bytes = {self.max_batch_bytes / 2**30:g} "
                 f"GiB. Lower batch_size (or the image size). The bound is a policy against running out of memory "
                 f"mid-run; to lift it, subclass {name} with a larger max_batch_bytes and name that class in the config."
             )
