@@ -14,8 +14,17 @@ import torch.nn as nn
 from cvattn.layers.cbam import ChannelAttn, SpatialAttn
 from cvattn.layers.eca import EcaModule
 from cvattn.layers.se import SEModule
+from cvattn.layers.coord_attn import CoordAttn
+from cvattn.layers.bam import BamModule
+from cvattn.layers.ese import EffectiveSEModule
+from cvattn.layers.gates import ChannelGate, SpatialGate
+from cvattn.layers.gather_excite import GatherExcite
+from cvattn.layers.light_cbam import LightSpatialAttn
+from cvattn.layers.non_local import NonLocalAttn
+from cvattn.layers.triplet import SpatialZPoolGate
 
-ATTENTION_BLOCKS = (SEModule, EcaModule, ChannelAttn, SpatialAttn)
+ATTENTION_BLOCKS = (SEModule, EcaModule, ChannelAttn, SpatialAttn, CoordAttn, BamModule, EffectiveSEModule,
+                    ChannelGate, GatherExcite, LightSpatialAttn, NonLocalAttn, SpatialGate, SpatialZPoolGate)
 
 
 def attention_blocks(model: nn.Module) -> dict[str, nn.Module]:
