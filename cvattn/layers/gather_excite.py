@@ -12,9 +12,9 @@ The state_dict is timm's, and outputs equal timm's (tests/test_blocks.py) for bo
 and without parameters.
 
 Deviations: ``extra_params=True`` with ``extent=0`` (a depthwise convolution as large as the feature map) needs the
-map size fixed at construction, which a drop-in block does not know, so it is refused; timm 1.0.31 cannot build any
-``extra_params=True`` variant (its constructor passes ``device``/``dtype`` positionally and fails); timm's
-experimental ``add_maxpool`` is left out.
+map size fixed at construction, which a drop-in block does not know, so it is refused; timm's experimental
+``add_maxpool`` is left out. timm 1.0.31 itself cannot build ``use_mlp=True`` (its default) or ``extra_params=True``
+(its constructor passes ``device``/``dtype`` positionally and fails); the parity tests repair those calls only.
 
 Attention kind: at ``extent=0`` the gate is (B, C, 1, 1) channel attention; with ``extent>0`` it is a per-channel,
 per-position map (B, C, H, W), declared ``'spatial'`` (its spatial map is the mean over channels).

@@ -8,8 +8,8 @@ scales by its sigmoid instead (``fuse_scale``, an SE-like gate).
 
 Conventions: ``'paper'`` (default) reduces to ``rd_ratio=1/16`` (the paper's r=16); ``'timm'`` (``'gc_timm'``,
 ``'gca_timm'``) to timm's 1/8. The state_dict is timm's ``GlobalContext``; outputs equal timm's for either fusion.
-As in the authors' code and in timm, the additive transform's last convolution starts at zero (the block starts as
-the identity).
+As in the authors' code, the additive transform's last convolution starts at zero, weight and bias (timm zeroes only
+the weight), so an additive block starts as the identity.
 
 Maps: ``self.spatial`` (kind 'spatial') outputs the context weights (B, 1, H, W) (they sum to 1 per image);
 with scale fusion, ``self.channel`` (kind 'channel') outputs the applied channel weights (B, C, 1, 1). Additive
@@ -40,8 +40,9 @@ class _LayerNorm2d(nn.LayerNorm):
 
 
 def _transform(channels: int, rd_channels: int, act: type, dd: dict) -> nn.Sequential:
-    return nn.Sequential(OrderedDict(fc1=nn.Conv2d(channels, rd_channels, 1, **dd), norm=_LayerNorm2d(rd_channels, **dd),
-                                     act=act(), fc2=nn.Conv2d(rd_channels, channels, 1, **dd)))
+    return nn.Sequential(OrderedDict(fc1=nn.Conv2d(channels, rd_channels, 1, **dd),
+                                     norm=_LayerNorm2d(rd_channels, **dd), act=act(),
+                                     fc2=nn.Conv2d(rd_channels, channels, 1, **dd)))
 
 
 class GlobalContext(nn.Module):
@@ -86,6 +87,7 @@ class GlobalContext(nn.Module):
             nn.init.kaiming_normal_(self.conv_attn.weight, mode="fan_in", nonlinearity="relu")
         if self.mlp_add is not None:
             nn.init.zeros_(self.mlp_add.fc2.weight)
+            nn.init.zeros_(self.mlp_add.fc2.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, channels = x.shape[:2]

@@ -1,7 +1,7 @@
 """Non-local block (Wang, Girshick, Gupta, He. "Non-local Neural Networks", CVPR 2018), embedded-Gaussian form.
 
-θ, φ, g: 1×1 convolutions C→m; every position attends to every other, softmax_j(θ_iᵀ φ_j · s); the attended g is
-mapped back by a 1×1 convolution m→C (W_z), batch-normalised and added to the input: z = BN(W_z y) + x. The BN's
+θ, φ, g: 1×1 convolutions C→m; every position attends to every other, softmax_j(θ_iᵀ φ_j · s); the attended g
+is mapped back by a 1×1 convolution m→C (W_z), batch-normalised and added to the input: z = BN(W_z y) + x. The BN's
 scale and shift start at zero, so the block starts as the identity (as in the paper).
 
 Conventions (``convention`` or the names ``'nl'`` / ``'nl_timm'``):

@@ -66,7 +66,7 @@ class TripletAttention(nn.Module):
         self.hw = SpatialZPoolGate(kernel_size, gate_layer, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        s_cw = self.cw(z_pool(x, 2)).transpose(1, 2)                       # (B, 2, C, W) → (B, 1, C, W) → (B, C, 1, W)
-        s_hc = self.hc(z_pool(x, 3).transpose(2, 3)).permute(0, 3, 2, 1)   # (B, 2, H, C) → (B, 1, H, C) → (B, C, H, 1)
+        s_cw = self.cw(z_pool(x, 2)).transpose(1, 2)                       # (B, 2, C, W) → (B, C, 1, W)
+        s_hc = self.hc(z_pool(x, 3).transpose(2, 3)).permute(0, 3, 2, 1)   # (B, 2, H, C) → (B, C, H, 1)
         s_hw = self.hw(torch.cat([x.max(1, keepdim=True).values, x.mean(1, keepdim=True)], 1))   # (B, 1, H, W)
         return x * ((s_hw + s_cw + s_hc) / 3)
