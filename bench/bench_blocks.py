@@ -1,7 +1,7 @@
 """Forward+backward time of each cvattn attention block against timm's equivalent, in one run.
 
     python bench/bench_blocks.py [--batch 64 --channels 64 --size 32 --repeats 30 --device cpu]
-    python bench/bench_blocks.py --share [--batch 32 --size 100 --width 16 --repeats 5]
+    python bench/bench_blocks.py --share [--batch 32 --size 100 --width 16 --repeats 5] [--blocks bam triplet]
 
 Prints the median time of both and the ratio timm/cvattn (≥ 1.0 means cvattn is no slower). The two sides run
 interleaved on the same input, alternating which goes first, so that machine noise hits both alike. Blocks timm
@@ -93,7 +93,7 @@ def shares(args) -> None:
                                    attn_layer=attn_layer).to(args.device).train()
 
     plain_step = make_training_step(convnet("none"), x, target)
-    for name in PAIRS:
+    for name in args.blocks:
         positions = args.size * args.size
         if name.startswith("nl") and 4 * args.batch * positions ** 2 > MAX_ATTENTION_BYTES:
             print(f"{name:<14}skipped: its attention would be {args.batch}×{positions}×{positions} floats")
@@ -119,6 +119,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--share", action="store_true", help="each block's share of a ConvNet training step")
     parser.add_argument("--width", type=int, default=16, help="ConvNet width for --share")
+    parser.add_argument("--blocks", nargs="+", choices=list(PAIRS), default=list(PAIRS), help="rows to run")
     args = parser.parse_args()
     if args.share:
         return shares(args)
@@ -126,7 +127,8 @@ def main() -> None:
     x = torch.randn(args.batch, args.channels, args.size, args.size, device=args.device, requires_grad=True)
     print(f"input {tuple(x.shape)} on {args.device}, torch {torch.__version__}, threads {torch.get_num_threads()}")
     print(f"{'block':<14}{'cvattn ms':>11}{'timm ms':>11}{'timm/cvattn':>13}")
-    for name, make_timm in PAIRS.items():
+    for name in args.blocks:
+        make_timm = PAIRS[name]
         positions = args.size * args.size
         if name.startswith("nl") and 4 * args.batch * positions ** 2 > MAX_ATTENTION_BYTES:
             print(f"{name:<14}skipped: its attention would be {args.batch}×{positions}×{positions} floats")

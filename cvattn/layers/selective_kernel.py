@@ -34,6 +34,11 @@ from cvattn.layers.gates import ChannelGate
 from cvattn.layers.helpers import LayerType, check_convention, get_act_layer, make_divisible
 
 
+def _inplace(act_layer: type) -> nn.Module:
+    """The activation in place where it can be (after a BN, as timm has it: no copy of the largest tensors)."""
+    return act_layer(inplace=True) if act_layer in (nn.ReLU, nn.SiLU, nn.Hardswish) else act_layer()
+
+
 class SelectiveKernelAttn(nn.Module):
     """The fuse and select steps: stacked paths (B, P, C, H, W) → softmax weights across paths (B, P, C, 1, 1)."""
 
@@ -43,7 +48,7 @@ class SelectiveKernelAttn(nn.Module):
         self.num_paths = num_paths
         self.fc_reduce = nn.Conv2d(channels, attn_channels, 1, bias=False, device=device, dtype=dtype)
         self.bn = nn.BatchNorm2d(attn_channels, device=device, dtype=dtype)
-        self.act = act_layer()
+        self.act = _inplace(act_layer)
         self.fc_select = nn.Conv2d(attn_channels, channels * num_paths, 1, bias=False, device=device, dtype=dtype)
 
     def forward(self, paths: torch.Tensor) -> torch.Tensor:
@@ -104,7 +109,7 @@ class SelectiveKernel(nn.Module):
             conv=nn.Conv2d(path_in, out_channels, k, stride=stride, padding=d * (k - 1) // 2, dilation=d,
                            groups=groups, bias=False, **dd),
             bn=nn.BatchNorm2d(out_channels, **dd),
-            act=act(),
+            act=_inplace(act),
         )) for k, d in zip(kernel_sizes, dilations))
         if not rd_channels:
             rd_channels = (make_divisible(out_channels * rd_ratio, rd_divisor) if timm_like

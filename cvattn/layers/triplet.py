@@ -39,7 +39,8 @@ class ZPoolGate(nn.Module):
         self.gate = get_act_layer(gate_layer)()
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
-        return self.gate(self.conv(pooled))
+        # oneDNN runs this 2→1 convolution several times faster, backward included, on a channels-last input.
+        return self.gate(self.conv(pooled.contiguous(memory_format=torch.channels_last)))
 
 
 class SpatialZPoolGate(ZPoolGate):
