@@ -266,6 +266,21 @@ def test_distribution_maps_sum_to_one_and_give_the_context():
     torch.testing.assert_close(gc.channel.gate(gc.mlp_scale(context)), gc_maps["channel"])
 
 
+@pytest.mark.parametrize("name", ["gc", "sk"])
+def test_channel_sites_output_the_gated_features(name):
+    """The channel-gate saliency map reads a channel block's output as the gated features A·g, as for SE."""
+    block = randomise(create_attn(name, C)).eval()
+    x = torch.randn(2, C, 6, 5)
+    outputs = {}
+    block.channel.register_forward_hook(lambda _m, _i, out: outputs.setdefault("site", out))
+    with capture_attention(block) as maps:
+        out = block(x)
+    if name == "sk":
+        torch.testing.assert_close(outputs["site"], out)
+    else:
+        torch.testing.assert_close(outputs["site"], x * maps["channel"])
+
+
 def test_sk_channel_map_is_the_first_paths_weight():
     block = randomise(SelectiveKernel(C)).eval()
     x = torch.randn(2, C, 6, 5)

@@ -98,7 +98,7 @@ class GlobalContext(nn.Module):
         else:
             context = x.mean((2, 3), keepdim=True)                                 # (B, C, 1, 1)
         if self.mlp_scale is not None:
-            x = x * self.channel(self.mlp_scale(context))
+            x = self.channel(x, self.mlp_scale(context))                          # x · σ(transform)
         if self.mlp_add is not None:
             x = x + self.mlp_add(context)
         return x

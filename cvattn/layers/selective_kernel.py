@@ -58,6 +58,18 @@ class SelectiveKernelAttn(nn.Module):
         return logits.view(batch, num_paths, channels, 1, 1).softmax(1)
 
 
+class PathSelect(ChannelGate):
+    """The select step as a channel site: ``forward(paths, weights)`` is the weighted sum of the paths (the block's
+    output, which the channel-gate saliency map reads); ``self.gate`` outputs the first path's weights (B, C, 1, 1)."""
+
+    def __init__(self):
+        super().__init__(nn.Identity())
+
+    def forward(self, paths: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        self.gate(weights[:, 0])
+        return (paths * weights).sum(1)                                        # (B, C, H, W)
+
+
 class SelectiveKernel(nn.Module):
     """SK convolution with ``channels`` in and out; ``self.channel`` shows the first path's weights (B, C, 1, 1)."""
 
@@ -115,11 +127,9 @@ class SelectiveKernel(nn.Module):
             rd_channels = (make_divisible(out_channels * rd_ratio, rd_divisor) if timm_like
                            else max(int(out_channels * rd_ratio), 32))
         self.attn = SelectiveKernelAttn(out_channels, num_paths, rd_channels, act, **dd)
-        self.channel = ChannelGate(nn.Identity())
+        self.channel = PathSelect()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         inputs = torch.split(x, self.path_in, 1) if self.split_input else [x] * self.num_paths
         paths = torch.stack([path(part) for path, part in zip(self.paths, inputs)], dim=1)   # (B, P, C, H, W)
-        weights = self.attn(paths)                                                         # (B, P, C, 1, 1)
-        self.channel(weights[:, 0])
-        return (paths * weights).sum(1)                                                    # (B, C, H, W)
+        return self.channel(paths, self.attn(paths))   # weights (B, P, C, 1, 1): softmax across paths
