@@ -7,7 +7,8 @@ model factories find blocks; the saliency registry asks the model contracts whic
 
 - ``AttentionBlock``: a block whose ``gate`` submodule outputs the attention it applies, and whose ``attn_kind``
   says how to read that output: ``'channel'``, weights per channel (B, C, 1, 1); ``'spatial'``, weights per
-  position (B, 1, H, W). A block with several gates is built of several such blocks (CBAM: a channel one, then a
+  position (B, 1, H, W), or per channel and position (B, C, H, W) (coordinate attention, BAM), which spatial maps
+  average over channels. A block with several gates is built of several such blocks (CBAM: a channel one, then a
   spatial one), each found on its own.
 - ``FeatureBackbone``: timm's backbone interface: ``forward_features`` returns the last feature map, whose producing
   module ``feature_info[-1]['module']`` names; ``forward_head`` turns it into logits.
@@ -31,7 +32,7 @@ ATTN_KINDS = ("channel", "spatial")
 @runtime_checkable
 class AttentionBlock(Protocol):
     attn_kind: str      # one of ATTN_KINDS
-    gate: nn.Module     # its output is the attention map: (B, C, 1, 1) for 'channel', (B, 1, H, W) for 'spatial'
+    gate: nn.Module     # its output is the attention: (B, C, 1, 1) 'channel'; (B, 1 or C, H, W) 'spatial'
 
 
 @runtime_checkable

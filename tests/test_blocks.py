@@ -176,8 +176,11 @@ def test_triplet_matches_the_authors_rotating_form(train):
     reference = randomise(TripletAttention(C)).train(train)   # same seed: same weights, run the authors' way
     reference.forward = types.MethodType(_official_triplet, reference)
     x = torch.randn(4, C, 9, 7, generator=torch.Generator().manual_seed(2))
-    for mine, theirs in zip(_run(ours, x), _run(reference, x)):
-        torch.testing.assert_close(mine, theirs, atol=1e-6, rtol=1e-5)
+    # The two forms sum the conv weights' gradients over the positions in another order (rotated layouts), so
+    # those agree to float32 rounding of a sum (relative 1e-4), the outputs to 1e-6.
+    (out, *grads_and_buffers), (ref_out, *ref_grads_and_buffers) = _run(ours, x), _run(reference, x)
+    torch.testing.assert_close(out, ref_out, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(grads_and_buffers, ref_grads_and_buffers, atol=1e-5, rtol=1e-4)
 
 
 def test_triplet_has_the_authors_state_dict_keys_and_momentum():

@@ -183,6 +183,72 @@ def spatial_resnet20(**kwargs) -> ResNet:
 
 
 @register_model
+def ese_resnet20(**kwargs) -> ResNet:
+    """ResNet-20 for CIFAR, effective SE attention in every block."""
+    return _create_resnet("resnet20", kwargs, attn_layer="ese")
+
+
+@register_model
+def ceca_resnet20(**kwargs) -> ResNet:
+    """ResNet-20 for CIFAR, circular ECA attention in every block."""
+    return _create_resnet("resnet20", kwargs, attn_layer="ceca")
+
+
+@register_model
+def ge_resnet20(**kwargs) -> ResNet:
+    """ResNet-20 for CIFAR, Gather-Excite attention in every block."""
+    return _create_resnet("resnet20", kwargs, attn_layer="ge")
+
+
+@register_model
+def gc_resnet20(**kwargs) -> ResNet:
+    """ResNet-20 for CIFAR, Global Context (scaling fusion) attention in every block."""
+    return _create_resnet("resnet20", kwargs, attn_layer="gc")
+
+
+@register_model
+def gca_resnet20(**kwargs) -> ResNet:
+    """ResNet-20 for CIFAR, Global Context (additive fusion) attention in every block."""
+    return _create_resnet("resnet20", kwargs, attn_layer="gca")
+
+
+@register_model
+def coord_resnet20(**kwargs) -> ResNet:
+    """ResNet-20 for CIFAR, coordinate attention attention in every block."""
+    return _create_resnet("resnet20", kwargs, attn_layer="coord")
+
+
+@register_model
+def nl_resnet20(**kwargs) -> ResNet:
+    """ResNet-20 for CIFAR, non-local attention in every block."""
+    return _create_resnet("resnet20", kwargs, attn_layer="nl")
+
+
+@register_model
+def sk_resnet20(**kwargs) -> ResNet:
+    """ResNet-20 for CIFAR, Selective Kernel attention in every block."""
+    return _create_resnet("resnet20", kwargs, attn_layer="sk")
+
+
+@register_model
+def lcbam_resnet20(**kwargs) -> ResNet:
+    """ResNet-20 for CIFAR, light CBAM attention in every block."""
+    return _create_resnet("resnet20", kwargs, attn_layer="lcbam")
+
+
+@register_model
+def bam_resnet20(**kwargs) -> ResNet:
+    """ResNet-20 for CIFAR, BAM attention in every block."""
+    return _create_resnet("resnet20", kwargs, attn_layer="bam")
+
+
+@register_model
+def triplet_resnet20(**kwargs) -> ResNet:
+    """ResNet-20 for CIFAR, triplet attention attention in every block."""
+    return _create_resnet("resnet20", kwargs, attn_layer="triplet")
+
+
+@register_model
 def resnet56(**kwargs) -> ResNet:
     """ResNet-56 for CIFAR, no attention (``attn_layer`` adds it)."""
     return _create_resnet("resnet56", kwargs)

@@ -55,7 +55,7 @@ def spatial_gate(model: nn.Module, images: torch.Tensor, targets: torch.Tensor,
 
     def keep(path: str):
         def hook(_module, _inputs, output):
-            gates[path] = output[:, 0]                          # (B, 1, h, w) → (B, h, w)
+            gates[path] = output.mean(1)       # (B, 1 or C, h, w) → (B, h, w): per-channel maps averaged
         return hook
 
     with torch.no_grad(), ExitStack() as stack:
