@@ -16,6 +16,7 @@ _ACTIVATIONS: dict[str, Callable[..., nn.Module]] = {
     "swish": nn.SiLU,
     "sigmoid": nn.Sigmoid,
     "hard_sigmoid": nn.Hardsigmoid,
+    "hard_swish": nn.Hardswish,
     "tanh": nn.Tanh,
     "identity": nn.Identity,
 }
