@@ -1,8 +1,8 @@
 """``SaliencyCallback``: watch where the model looks while it trains.
 
 Every ``every_n_epochs`` validation epochs (not the sanity check) it draws the same validation images, the first
-``num_images`` of the validation loader, with the saliency maps of ``methods`` (``cvattn.saliency.saliency_grid``)
-and sends the figure to every logger that takes images: TensorBoard's ``add_figure``, or any logger with a
+``num_images`` of the validation loader, with the saliency maps of ``methods`` (``cvattn.saliency.saliency_grid``:
+the object boxes when the loader gives them; on multi-object canvases, every object's box and class) and sends the figure to every logger that takes images: TensorBoard's ``add_figure``, or any logger with a
 ``log_image(key, images, step)`` method (Weights & Biases' signature). When none does (the CSV logger, no logger),
 it writes ``<trainer.log_dir>/saliency/epoch=N.png`` (N counted from 0, as in checkpoint names).
 

@@ -50,7 +50,8 @@ def evaluate(
     (plus ``num_objects``, the (image, object) pairs scored, on multi-object data).
 
     Args:
-        model: a network, ``ImageClassifier`` or ``RAMModule``.
+        model: a network, ``ImageClassifier`` or ``RAMModule``, or any classifier ``saliency`` takes (timm,
+            torchvision, Hugging Face: read through ``adapt``, so its forward gives the logits tensor).
         data: a datamodule (its test split) or any iterable of ``(images, labels, boxes)`` batches, or of
             multi-object ``(images, multi_hot, boxes, classes)`` batches (module docstring).
         methods: saliency methods (default: ``default_methods(model)``, its native maps, gradcam and gradcam++);

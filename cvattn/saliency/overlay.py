@@ -1,8 +1,8 @@
 """Pictures of saliency maps, matplotlib only (no OpenCV, no pyplot state: figures are ``matplotlib.figure.Figure``).
 
 - ``overlay``: an image with its map blended on top, as a uint8 RGB array.
-- ``saliency_grid``: one row per image: the image (class and probability in the title, the object box if given),
-  then map | overlay for each method.
+- ``saliency_grid``: one row per image: the image (class and probability in the title, the object boxes if given,
+  and on multi-object canvases the objects' classes), then map | overlay for each method.
 - ``overlay_row``: one image, then its overlay for each method (a photo as the model saw it).
 - ``draw_glimpses``: a RAM's glimpse path on an axes, one numbered box per step.
 """
@@ -89,10 +89,10 @@ def saliency_grid(
     axes = figure.subplots(rows, cols, squeeze=False)
     for row in range(rows):
         axes[row, 0].imshow(to_rgb(images[row], mean, std))
-        title = _title(row, labels, probs, class_names)
+        title = [_title(row, labels, probs, class_names)]
         if object_classes is not None:
-            title += "\n" + ", ".join(_name(int(c), class_names) for c in object_classes[row])
-        axes[row, 0].set_title(title, fontsize=8)
+            title.append(", ".join(_name(int(c), class_names) for c in object_classes[row]))
+        axes[row, 0].set_title("\n".join(filter(None, title)), fontsize=8)
         for x0, y0, x1, y1 in ([] if boxes is None else boxes[row].reshape(-1, 4).tolist()):
             axes[row, 0].add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, color="lime", lw=1))
         for col, (method, maps) in enumerate(maps_by_method.items()):
