@@ -9,8 +9,9 @@
 Each model is one ``train.py`` run (the command is printed, so any row can be reproduced alone) of
 ``configs/ram_fashion_mnist_60_cluttered_convnet2.yaml`` (the CNNs, with ``attn_layer`` set, and the ViT) or
 ``configs/ram_fashion_mnist_60_cluttered.yaml`` (the RAM); ``--skip-training`` reuses the newest run of each.
-The best-validation checkpoint is then loaded and ``cvattn.saliency.evaluate`` scores every method that applies
-to the model, on the first ``--eval-batches`` test batches, beside the random and centre baselines: pointing game
+The best-validation checkpoint is then loaded and ``cvattn.saliency.evaluate`` scores the model's default methods
+(``default_methods``: its native maps, gradcam and gradcam++) on the first ``--eval-batches`` test batches, beside
+the random, centre and brightness baselines: pointing game
 (mean over classes; tolerance 15 px at 224 px, scaled), energy in the box, deletion and insertion AUC (RISE).
 Definitions: docs/saliency.md. The AUCs dominate the scoring time: (H·W / pixels-per-step + 1) forwards per image,
 method and curve; the default 120 (two rows of a 60-pixel canvas) gives 31-point curves.

@@ -594,10 +594,10 @@ def test_cli_streams_figures_batch_by_batch_and_a_failure_leaves_nothing(trained
             raise RuntimeError("CUDA out of memory")
         return real_saliency(model, images, method)
 
-    def grid(*args):
+    def grid(*args, **kwargs):
         alive[0] += 1
         peak[0] = max(peak[0], alive[0])
-        return real_grid(*args)
+        return real_grid(*args, **kwargs)
 
     def add_figure(self, *args, **kwargs):
         real_add(self, *args, **kwargs)

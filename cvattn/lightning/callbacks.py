@@ -1,8 +1,8 @@
 """``SaliencyCallback``: watch where the model looks while it trains.
 
 Every ``every_n_epochs`` validation epochs (not the sanity check) it draws the same validation images, the first
-``num_images`` of the validation loader, with the saliency maps of ``methods`` (``cvattn.saliency.saliency_grid``)
-and sends the figure to every logger that takes images: TensorBoard's ``add_figure``, or any logger with a
+``num_images`` of the validation loader, with the saliency maps of ``methods`` (``cvattn.saliency.saliency_grid``:
+the object boxes when the loader gives them; on multi-object canvases, every object's box and class) and sends the figure to every logger that takes images: TensorBoard's ``add_figure``, or any logger with a
 ``log_image(key, images, step)`` method (Weights & Biases' signature). When none does (the CSV logger, no logger),
 it writes ``<trainer.log_dir>/saliency/epoch=N.png`` (N counted from 0, as in checkpoint names).
 
@@ -23,7 +23,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from matplotlib.figure import Figure
 
 from cvattn.saliency import available_methods, default_methods, figure_to_array, saliency, saliency_grid
-from cvattn.saliency.runtime import first_samples, inspection_mode, unwrap
+from cvattn.saliency.runtime import first_samples, inspection_mode, objects_of, unwrap
 
 
 class SaliencyCallback(L.Callback):
@@ -32,7 +32,7 @@ class SaliencyCallback(L.Callback):
     Args:
         every_n_epochs: draw after validation epochs N − 1, 2N − 1, … (epochs counted from 0).
         num_images: how many validation images (the first ones of the loader, the same every time).
-        methods: saliency methods; default every method for the model except the random/centre baselines.
+        methods: saliency methods; default ``default_methods(model)``: its native maps, gradcam and gradcam++.
     """
 
     def __init__(self, every_n_epochs: int = 1, num_images: int = 8, methods: list[str] | None = None):
@@ -43,7 +43,7 @@ class SaliencyCallback(L.Callback):
         self.every_n_epochs = every_n_epochs
         self.num_images = num_images
         self.methods = methods
-        self._batch: list[torch.Tensor] | None = None   # (images, labels[, boxes]) on the CPU
+        self._batch: list[torch.Tensor] | None = None   # the loader's columns (runtime.objects_of) on the CPU
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self.methods is not None:
@@ -69,16 +69,17 @@ class SaliencyCallback(L.Callback):
 
     def figure(self, trainer: L.Trainer, pl_module: L.LightningModule) -> Figure:
         """The overlay grid of the fixed validation images, at the model's current weights."""
-        images, _, *boxes = self._fixed_batch(trainer)
+        batch = self._fixed_batch(trainer)
+        images, classes, boxes = objects_of(batch)                  # classes (B, k), boxes (B, k, 4) or None
         images = images.to(pl_module.device)
         model = unwrap(pl_module)
         maps = {method: saliency(model, images, method) for method in self.methods or default_methods(model)}
         with inspection_mode(model), torch.no_grad():
             probs, predicted = model(images).softmax(1).max(1)
         datamodule = trainer.datamodule
-        return saliency_grid(images, maps, predicted, probs, getattr(datamodule, "class_names", None),
-                             boxes[0] if boxes else None, getattr(datamodule, "mean", None),
-                             getattr(datamodule, "std", None))
+        return saliency_grid(images, maps, predicted, probs, getattr(datamodule, "class_names", None), boxes,
+                             getattr(datamodule, "mean", None), getattr(datamodule, "std", None),
+                             object_classes=classes if len(batch) > 3 else None)   # multi-object: list the classes
 
     def _log(self, trainer: L.Trainer, figure: Figure, folder: Path) -> None:
         logged = False

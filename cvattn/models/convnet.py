@@ -59,6 +59,7 @@ class ConvNet(nn.Module):
                              dict(num_chs=2 * width, reduction=4, module="blocks.1")]
         self.num_features = 2 * width
         self.features_only = features_only
+        self.num_classes = 0 if features_only else num_classes   # timm's attribute: 0 means no classifier
         if not features_only:
             self.head_drop = nn.Dropout(drop_rate)
             self.fc = nn.Linear(2 * width, num_classes)
@@ -120,6 +121,7 @@ class ConvFCBaseline(nn.Module):
         self.num_features = filters
         self.head_hidden_size = hidden      # timm's name for the width forward_head(pre_logits=True) returns
         self.features_only = features_only
+        self.num_classes = 0 if features_only else num_classes   # timm's attribute: 0 means no classifier
         if not features_only:
             side = (img_size - kernel_size) // stride + 1
             self.fc = nn.Linear(filters * side * side, hidden)

@@ -90,6 +90,15 @@ def expected_channels(model: nn.Module) -> int | None:
     return None
 
 
+def known_num_classes(model: nn.Module) -> int | None:
+    """The model's class count when it says so without a forward: its ``num_classes`` (cvattn's and timm's models,
+    torchvision's ViT) or a Hugging Face ``config.num_labels``; None when unknown (or 0: a headless model)."""
+    count = getattr(model, "num_classes", None)
+    if not isinstance(count, int) and _is_hf_classifier(model):
+        count = getattr(getattr(model, "config", None), "num_labels", None)
+    return count if isinstance(count, int) and not isinstance(count, bool) and count > 0 else None
+
+
 def adapt(model: nn.Module) -> nn.Module:
     """``model`` when it meets the contracts (or no adapter knows it), else its attention view (module docstring)."""
     if isinstance(model, AttentionReader) or "adapted_model" in model.__dict__:

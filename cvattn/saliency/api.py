@@ -18,16 +18,11 @@ import torch.nn.functional as F
 from cvattn.checks import did_you_mean
 from cvattn.contracts import AttentionReader
 from cvattn.saliency import methods  # noqa: F401  (registers every method)
-from cvattn.saliency.adapters import adapt, expected_channels
-from cvattn.saliency.registry import METHODS, available_methods
-from cvattn.saliency.runtime import TargetType, inspection_mode, normalise, resolve_targets, unwrap
+from cvattn.saliency.adapters import adapt, expected_channels, known_num_classes
+from cvattn.saliency.registry import METHODS, available_methods, default_methods  # noqa: F401  (re-exported)
+from cvattn.saliency.runtime import TargetType, check_targets, inspection_mode, normalise, resolve_targets, unwrap
 
 BASELINES = ("random", "center", "brightness")
-
-
-def default_methods(model: nn.Module) -> list[str]:
-    """Every method that applies to ``model`` except the baselines (which ``evaluate`` always adds)."""
-    return [name for name in available_methods(unwrap(model)) if name not in BASELINES]
 
 
 def saliency(model: nn.Module, images: torch.Tensor, method: str = "gradcam", target: TargetType = None,
@@ -38,12 +33,13 @@ def saliency(model: nn.Module, images: torch.Tensor, method: str = "gradcam", ta
         model: a network from ``cvattn.models`` (or any classifier for ``'gradcam'``), an ``ImageClassifier`` or a
             ``RAMModule``; or a timm, torchvision or Hugging Face classifier (``cvattn.saliency.adapters``), left
             exactly as it was.
-        method: see ``available_methods(model)``: native ``'spatial_gate'``, ``'channel_gate'``, ``'attention'``,
-            ``'rollout'``, ``'grad_rollout'``, ``'glimpses'``; ``'gradcam'``, ``'gradcam++'``; baselines
-            ``'random'``, ``'center'``.
-        target: the class to explain: None (the predicted class), an int for every image, or one per image.
-        options: method options: ``blocks`` (gates), ``layer`` (Grad-CAM), ``scale`` (glimpses), ``seed``
-            (random), ``sigma`` (center).
+        method: one of ``available_methods(model)`` (the model's native maps, the CAM family, gradient
+            attributions, occlusion, baselines); docs/saliency.md describes each and its options.
+        target: the class to explain: None (the predicted class), an int for every image, or one per image. Given,
+            and the class count known without a forward (``model.num_classes``, a Hugging Face config), the model
+            runs only the forwards the method needs.
+        options: the method's options (its keyword arguments, e.g. ``layer`` for the CAMs, ``blocks`` for the
+            gates); an unknown one is an error listing those it accepts.
     """
     model = adapt(unwrap(model))
     fn = _resolve_method(model, method)
@@ -51,9 +47,12 @@ def saliency(model: nn.Module, images: torch.Tensor, method: str = "gradcam", ta
     _check_images(model, images)
     with inspection_mode(model):
         images = images.detach().clone()   # a normal tensor even when made under inference_mode
-        with torch.no_grad():
-            logits = model(images)
-        targets = resolve_targets(target, logits)
+        num_classes = known_num_classes(model) if target is not None else None
+        if num_classes is None:
+            with torch.no_grad():
+                targets = resolve_targets(target, model(images))
+        else:   # one forward fewer: Grad-CAM for a given class costs one forward and backward, as Captum's
+            targets = check_targets(target, len(images), num_classes, images.device)
         raw = fn(model, images, targets, **options).detach().float()                # (B, h, w)
     if raw.shape[-2:] != images.shape[-2:]:
         raw = F.interpolate(raw[:, None], size=images.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
@@ -89,5 +88,10 @@ def _check_images(model: nn.Module, images: torch.Tensor) -> None:
     if in_chans is not None and images.shape[1] != in_chans:
         raise ValueError(f"{type(model).__name__} takes {in_chans}-channel images; got {images.shape[1]} channels "
                          f"(images of shape {tuple(images.shape)}).")
+    non_finite = int((~torch.isfinite(images)).sum())
+    if non_finite:
+        raise ValueError(f"images hold {non_finite} NaN or Inf value(s) (of {images.numel()}), which would make every "
+                         f"map NaN: check how they were loaded and normalised (a std of 0 divides by zero), or "
+                         f"replace them first, e.g. torch.nan_to_num(images).")
     if isinstance(model, AttentionReader):
         model.grid_size_for(images.shape[-2:])      # a ValueError naming the sizes the model takes

@@ -23,7 +23,11 @@ A trained run (the model and data built from its train.py config, as train.py bu
 
   Written to DIR: image_000.png ... (a test image with its object box and predicted class, then map | overlay per
   method; at most the test set's size), metrics.json (evaluate over --max-batches test batches, every method beside
-  the random and centre baselines) and index.html (the figures and the metrics table).
+  the random, centre and brightness baselines) and index.html (the figures and the metrics table). Multi-object
+  canvases: every object's box is drawn, and the title lists the classes on the canvas.
+
+--methods defaults to the model's native maps (gates, attention, rollout, glimpses), gradcam and gradcam++; name
+any other method of cvattn.saliency.available_methods (scorecam, occlusion, smoothgrad, ...) to add it.
 
 Both modes check everything they can (files, model, weights, methods, DIR) before the work starts, then write each
 figure as it is drawn into a hidden folder beside DIR that becomes DIR when everything is written: a failure, or
@@ -44,7 +48,7 @@ from cvattn.saliency.api import default_methods, saliency
 from cvattn.saliency.gallery import Gallery, Table, check_new_output
 from cvattn.saliency.overlay import saliency_grid
 from cvattn.saliency.registry import METHODS, available_methods
-from cvattn.saliency.runtime import unwrap
+from cvattn.saliency.runtime import objects_of, unwrap
 
 RUN_OPTIONS = {"num_images": 8, "max_batches": 4, "pixels_per_step": None, "no_auc": False}
 PHOTO_OPTIONS = {"model": None, "pretrained": False, "weights": None, "random_weights": False,
@@ -69,7 +73,8 @@ def resolve_device(name: str | None) -> torch.device:
 
 
 def check_methods(model: torch.nn.Module, methods: list[str] | None) -> list[str]:
-    """``methods`` (default: every method for ``model`` but the baselines) if all apply to ``model``."""
+    """``methods`` if all apply to ``model``; none given: ``default_methods(model)`` (its native maps, gradcam and
+    gradcam++)."""
     applicable = available_methods(model)
     if not methods:
         return default_methods(model)
@@ -88,8 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     common = parser.add_argument_group("both modes")
     common.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder, new or empty (created)")
-    common.add_argument("--methods", nargs="+", help="saliency methods (default: every method for the model but "
-                                                     "the random/center baselines)")
+    common.add_argument("--methods", nargs="+", help="saliency methods (default: the model's native maps, gradcam and "
+                                                     "gradcam++; the others, e.g. scorecam or occlusion, by name)")
     common.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available)")
     photos = parser.add_argument_group("your own photos")
     photos.add_argument("--image", nargs="+", metavar="PATH", help="image files or folders of them")
@@ -214,26 +219,29 @@ def run(args: argparse.Namespace) -> None:
 
 
 def draw_test_images(model, loader, methods, count, gallery, names, mean, std) -> bool:
-    """The first ``count`` test images, a batch of the loader at a time: maps, then each image's figure saved.
-    Returns whether the loader gives object boxes."""
+    """The first ``count`` test images, a batch of the loader at a time: maps, then each image's figure saved (every
+    object's box; on multi-object canvases the title lists the objects' classes). Returns whether the loader gives
+    object boxes."""
     device = next(model.parameters()).device
     width = max(3, len(str(count - 1)))
-    index = 0
+    index, boxes = 0, None
     for batch in loader:
-        images, labels, *boxes = (tensor[:count - index] for tensor in batch)
-        images = images.to(device)
+        images, classes, boxes = (None if t is None else t[:count - index] for t in objects_of(batch))
+        images = images.to(device)                                        # classes (B, k), boxes (B, k, 4) or None
         with torch.no_grad():
             probs, predicted = model(images).softmax(1).max(1)
         maps = {method: saliency(model, images, method) for method in methods}        # (B, H, W) each
+        listed = classes if len(batch) > 3 else None
         for row in range(len(images)):
             one = slice(row, row + 1)
             figure = saliency_grid(images[one], {m: v[one] for m, v in maps.items()}, predicted[one], probs[one],
-                                   names, boxes[0][one] if boxes else None, mean, std)
-            name, truth = (names[int(c)] if names is not None else f"class {int(c)}"
-                           for c in (predicted[row], labels[row]))
+                                   names, None if boxes is None else boxes[one], mean, std,
+                                   object_classes=None if listed is None else listed[one])
+            name, *truth = (names[int(c)] if names is not None else f"class {int(c)}"
+                            for c in (predicted[row], *classes[row]))
             gallery.add_figure(figure, f"image_{index:0{width}d}.png",
-                               caption=f"predicted {name} {float(probs[row]):.0%}, true {truth}")
+                               caption=f"predicted {name} {float(probs[row]):.0%}, true {', '.join(truth)}")
             index += 1
         if index >= count:
-            return bool(boxes)
-    return bool(boxes)
+            break
+    return boxes is not None

@@ -23,8 +23,9 @@ import lightning as L
 import torch
 import torch.nn as nn
 
+from cvattn.saliency.adapters import adapt
 from cvattn.saliency.api import BASELINES, default_methods, saliency
-from cvattn.saliency.runtime import inspection_mode, unwrap
+from cvattn.saliency.runtime import inspection_mode, objects_of, unwrap
 from cvattn.saliency.metrics import deletion_auc, energy_in_box, insertion_auc, pointing_game
 
 
@@ -49,16 +50,18 @@ def evaluate(
     (plus ``num_objects``, the (image, object) pairs scored, on multi-object data).
 
     Args:
-        model: a network, ``ImageClassifier`` or ``RAMModule``.
+        model: a network, ``ImageClassifier`` or ``RAMModule``, or any classifier ``saliency`` takes (timm,
+            torchvision, Hugging Face: read through ``adapt``, so its forward gives the logits tensor).
         data: a datamodule (its test split) or any iterable of ``(images, labels, boxes)`` batches, or of
             multi-object ``(images, multi_hot, boxes, classes)`` batches (module docstring).
-        methods: saliency methods (default: every non-baseline method for this model); baselines are added.
+        methods: saliency methods (default: ``default_methods(model)``, its native maps, gradcam and gradcam++);
+            the baselines are added.
         max_batches: stop after this many batches (default: all).
         tolerance, seed: for ``pointing_game`` (and the tie-breaks); pixels_per_step: for the AUCs.
         auc: also compute deletion and insertion AUC (the costly part: about H forwards per image, object and
             method).
     """
-    model = unwrap(model)
+    model = adapt(unwrap(model))   # any classifier saliency() takes: its forward gives the logits tensor
     methods = list(default_methods(model) if methods is None else methods)
     methods += [baseline for baseline in BASELINES if baseline not in methods]
     device = next(model.parameters()).device
@@ -106,17 +109,12 @@ def _unpack(model: nn.Module, batch, device: torch.device) -> tuple[torch.Tensor
     if not isinstance(batch, (tuple, list)) or len(batch) < 3:
         raise ValueError("evaluate needs batches of (images, labels, boxes): use a datamodule with a canvas "
                          "(canvas_size=100, num_distractors=8) or a loader that yields object boxes.")
-    if len(batch) == 3:
-        images, labels, boxes = (tensor.to(device) for tensor in batch)
-        return images, labels[:, None], boxes[:, None]
-    images, multi_hot, boxes, classes = (tensor.to(device) for tensor in batch[:4])
-    if boxes.ndim != 3 or classes.shape != boxes.shape[:2]:
-        raise ValueError(f"multi-object batches are (images, multi_hot, boxes (B, k, 4), classes (B, k)); got boxes "
-                         f"{tuple(boxes.shape)} and classes {tuple(classes.shape)}.")
-    with inspection_mode(model), torch.no_grad():
-        model_classes = model(images[:1]).shape[-1]
-    if multi_hot.shape[-1] > model_classes:
-        raise ValueError(f"The data has {multi_hot.shape[-1]} classes but {type(model).__name__} outputs "
-                         f"{model_classes}: class-conditional maps need a logit for every class on the canvases; "
-                         f"evaluate a model trained with num_classes={multi_hot.shape[-1]}.")
+    images, classes, boxes = (tensor.to(device) for tensor in objects_of(batch))
+    if len(batch) > 3:
+        with inspection_mode(model), torch.no_grad():
+            model_classes = model(images[:1]).shape[-1]
+        if batch[1].shape[-1] > model_classes:
+            raise ValueError(f"The data has {batch[1].shape[-1]} classes but {type(model).__name__} outputs "
+                             f"{model_classes}: class-conditional maps need a logit for every class on the canvases; "
+                             f"evaluate a model trained with num_classes={batch[1].shape[-1]}.")
     return images, classes, boxes

@@ -34,6 +34,7 @@ import torch
 import torch.nn as nn
 import torchvision.transforms.functional as TF
 
+from cvattn.saliency.adapters import adapt
 from cvattn.saliency.boxes import box_masks
 from cvattn.checks import check_choice
 from cvattn.saliency.runtime import TargetType, inspection_mode, resolve_targets, unwrap
@@ -118,7 +119,7 @@ def _perturbation_auc(model: nn.Module, images: torch.Tensor, maps: torch.Tensor
     pixels_per_step = width if pixels_per_step is None else pixels_per_step
     if not 1 <= pixels_per_step <= num_pixels:
         raise ValueError(f"pixels_per_step must be in [1, {num_pixels}] (the image's pixels), got {pixels_per_step}.")
-    model = unwrap(model)
+    model = adapt(unwrap(model))   # any classifier saliency() takes: its forward gives the logits tensor
     order = saliency_order(maps, seed)                                           # (B, H·W)
     start, finish = start.flatten(2), finish.flatten(2)                          # (B, C, H·W)
     steps = math.ceil(num_pixels / pixels_per_step)
@@ -252,7 +253,7 @@ def road(model: nn.Module, images: torch.Tensor, maps: torch.Tensor, order: str 
     if not percentages or not all(0 <= p < 100 for p in percentages):
         raise ValueError(f"percentages must be pixel shares in [0, 100) (100% leaves nothing to impute from); got "
                          f"{list(percentages)}.")
-    model = unwrap(model)
+    model = adapt(unwrap(model))   # any classifier saliency() takes: its forward gives the logits tensor
     images = images.detach()
     num_pixels = maps[0].numel()
     ranked = saliency_order(maps, seed)                                          # (B, H·W), most salient first

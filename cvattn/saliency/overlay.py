@@ -1,8 +1,8 @@
 """Pictures of saliency maps, matplotlib only (no OpenCV, no pyplot state: figures are ``matplotlib.figure.Figure``).
 
 - ``overlay``: an image with its map blended on top, as a uint8 RGB array.
-- ``saliency_grid``: one row per image: the image (class and probability in the title, the object box if given),
-  then map | overlay for each method.
+- ``saliency_grid``: one row per image: the image (class and probability in the title, the object boxes if given,
+  and on multi-object canvases the objects' classes), then map | overlay for each method.
 - ``overlay_row``: one image, then its overlay for each method (a photo as the model saw it).
 - ``draw_glimpses``: a RAM's glimpse path on an axes, one numbered box per step.
 """
@@ -69,11 +69,14 @@ def saliency_grid(
     std: Sequence[float] | None = None,
     alpha: float = 0.5,
     cmap: str = "jet",
+    object_classes: torch.Tensor | None = None,
 ) -> Figure:
     """Figure with one row per image: image | (map | overlay) per method.
 
     ``labels``/``probs``: the class shown in each row's title and its probability (e.g. the prediction);
-    ``boxes`` (B, 4): object boxes drawn on the images; ``mean``/``std``: to show the images un-normalised.
+    ``boxes`` (B, 4), or (B, k, 4) for k objects per image: the boxes drawn on the images; ``object_classes``
+    (B, k): the classes of the objects on each image, listed under its title (multi-object canvases);
+    ``mean``/``std``: to show the images un-normalised.
     """
     if not maps_by_method:
         raise ValueError("maps_by_method is empty: give at least one {method: (B, H, W) maps}.")
@@ -86,9 +89,11 @@ def saliency_grid(
     axes = figure.subplots(rows, cols, squeeze=False)
     for row in range(rows):
         axes[row, 0].imshow(to_rgb(images[row], mean, std))
-        axes[row, 0].set_title(_title(row, labels, probs, class_names), fontsize=8)
-        if boxes is not None:
-            x0, y0, x1, y1 = boxes[row].tolist()
+        title = [_title(row, labels, probs, class_names)]
+        if object_classes is not None:
+            title.append(", ".join(_name(int(c), class_names) for c in object_classes[row]))
+        axes[row, 0].set_title("\n".join(filter(None, title)), fontsize=8)
+        for x0, y0, x1, y1 in ([] if boxes is None else boxes[row].reshape(-1, 4).tolist()):
             axes[row, 0].add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, color="lime", lw=1))
         for col, (method, maps) in enumerate(maps_by_method.items()):
             axes[row, 1 + 2 * col].imshow(_numpy(maps[row]), cmap=cmap, vmin=0, vmax=1)
@@ -126,9 +131,12 @@ def overlay_row(image: ArrayLike, maps_by_method: dict[str, ArrayLike], title: s
 def _title(row: int, labels, probs, class_names) -> str:
     if labels is None:
         return ""
-    label = int(labels[row])
-    name = class_names[label] if class_names is not None else str(label)
+    name = _name(int(labels[row]), class_names)
     return name if probs is None else f"{name} {float(probs[row]):.0%}"
+
+
+def _name(label: int, class_names: Sequence[str] | None) -> str:
+    return class_names[label] if class_names is not None else str(label)
 
 
 def draw_glimpses(ax: Axes, trajectory, image_size: int | tuple[int, int], index: int = 0, scale: int = 0,

@@ -2,7 +2,9 @@
 
 Adding a method is one file in ``cvattn/saliency/methods/`` with a ``@register_method(name, applies, needs)``
 function, plus its import line in ``methods/__init__.py`` (that order is the order ``available_methods`` lists).
-``applies`` is one of the capability predicates below (or any ``model -> bool``).
+``applies`` is one of the capability predicates below (or any ``model -> bool``). ``default=False`` keeps a method
+out of ``default_methods`` (what the CLI, ``evaluate`` and ``SaliencyCallback`` run when no methods are given): the
+costly ones (a forward per channel, window or sample) and the extra variants are asked for by name.
 
 A method is ``fn(model, images, targets, **options) -> (B, h, w)``: a non-negative map at any resolution, for a
 bare model already in eval mode; ``cvattn.saliency.saliency`` does the rest (unwrapping, targets, upsampling,
@@ -18,6 +20,7 @@ import torch.nn as nn
 
 from cvattn.contracts import AttentionReader, GlimpseModel
 from cvattn.saliency.adapters import adapt, attention_kind
+from cvattn.saliency.runtime import unwrap
 
 MethodFn = Callable[..., torch.Tensor]
 
@@ -27,19 +30,21 @@ class Method:
     fn: MethodFn
     applies: Callable[[nn.Module], bool]
     needs: str  # what a model must have, for the error when it does not apply
+    default: bool = True  # in default_methods: cheap (one forward and backward) and a main method of its kind
 
 
 METHODS: dict[str, Method] = {}
 
 
-def register_method(name: str, applies: Callable[[nn.Module], bool], needs: str) -> Callable[[MethodFn], MethodFn]:
+def register_method(name: str, applies: Callable[[nn.Module], bool], needs: str,
+                    default: bool = True) -> Callable[[MethodFn], MethodFn]:
     """Decorator adding ``fn`` as saliency method ``name``: ``fn(model, images, targets, **options) -> (B, h, w)``
     (module docstring); ``applies(model)`` says whether it works on a model, ``needs`` what a model must have,
-    which the error for one it does not apply to quotes."""
+    which the error for one it does not apply to quotes; ``default``: whether ``default_methods`` includes it."""
     def register(fn: MethodFn) -> MethodFn:
         if name in METHODS:
             raise ValueError(f"saliency method {name!r} is already registered")
-        METHODS[name] = Method(fn, applies, needs)
+        METHODS[name] = Method(fn, applies, needs, default)
         return fn
     return register
 
@@ -49,6 +54,15 @@ def available_methods(model: nn.Module) -> list[str]:
     Hugging Face classifier, seen through ``cvattn.saliency.adapters.adapt``), in registration order."""
     model = adapt(model)
     return [name for name, method in METHODS.items() if method.applies(model)]
+
+
+def default_methods(model: nn.Module) -> list[str]:
+    """The methods run when none are named (the CLI, ``evaluate``, ``SaliencyCallback``): those of
+    ``available_methods(model)`` registered with ``default=True``, i.e. the model's native maps, ``'gradcam'`` and
+    ``'gradcam++'``; not the costly or extra ones (ScoreCAM, occlusion, SmoothGrad, Integrated Gradients, the other
+    CAM variants, ...) nor the baselines, which ``evaluate`` adds. ``model`` may be a LightningModule."""
+    model = adapt(unwrap(model))
+    return [name for name, method in METHODS.items() if method.default and method.applies(model)]
 
 
 # What a model offers, read from the contracts in cvattn.contracts (attributes, not classes), so a new family

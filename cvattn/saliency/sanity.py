@@ -31,6 +31,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from cvattn.saliency.adapters import adapt
 from cvattn.saliency.api import saliency
 from cvattn.saliency.metrics import pointing_game
 from cvattn.saliency.runtime import TargetType, inspection_mode, resolve_targets, unwrap
@@ -137,7 +138,7 @@ def randomisation_test(
     """
     model = unwrap(model)
     with inspection_mode(model), torch.no_grad():
-        targets = resolve_targets(target, model(images.detach()))
+        targets = resolve_targets(target, adapt(model)(images.detach()))
     trained = saliency(model, images, method, target=targets, **options)          # (B, H, W)
     randomised = copy.deepcopy(model)
     layers = parametrised_modules(randomised)

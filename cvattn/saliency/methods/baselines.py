@@ -21,13 +21,13 @@ import torch.nn.functional as F
 from cvattn.saliency.registry import any_model, register_method
 
 
-@register_method("random", any_model, "nothing")
+@register_method("random", any_model, "nothing", default=False)
 def random_map(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, seed: int = 0) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
     return torch.rand(images.shape[0], *images.shape[-2:], generator=generator).to(images.device)
 
 
-@register_method("center", any_model, "nothing")
+@register_method("center", any_model, "nothing", default=False)
 def center_map(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, sigma: float = 0.25) -> torch.Tensor:
     if not sigma > 0:
         raise ValueError(f"sigma (the Gaussian's std as a fraction of the image side) must be > 0, got {sigma}.")
@@ -43,7 +43,7 @@ def brightness_window(image_size: tuple[int, int]) -> int:
     return 2 * int(0.105 * max(image_size)) + 1
 
 
-@register_method("brightness", any_model, "nothing")
+@register_method("brightness", any_model, "nothing", default=False)
 def brightness_map(model: nn.Module, images: torch.Tensor, targets: torch.Tensor,
                    window: int | None = None) -> torch.Tensor:
     window = brightness_window(images.shape[-2:]) if window is None else window

@@ -180,24 +180,24 @@ def _as_map(model: nn.Module, x: torch.Tensor, images: torch.Tensor) -> torch.Te
 CAM_NEEDS = "a layer with spatial activations (CNNs, ViTs)"
 
 
-def gradient_cam(name: str):
+def gradient_cam(name: str, default: bool = False):
     """Registers ``combine(A, G) -> (B, h, w)`` as CAM method ``name`` with the one option ``layer``; returns
     ``combine`` itself, a function of the (B, C, h, w) activation and gradient maps."""
     def register(combine):
-        @register_method(name, has_activation_maps, CAM_NEEDS)
+        @register_method(name, has_activation_maps, CAM_NEEDS, default)
         def method(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, layer: str | None = None):
             return combine(*activation_and_gradient(model, images, targets, layer))
         return combine
     return register
 
 
-@gradient_cam("gradcam")
+@gradient_cam("gradcam", default=True)
 def gradcam(activation: torch.Tensor, gradient: torch.Tensor) -> torch.Tensor:
     weights = gradient.mean((2, 3), keepdim=True)                                    # (B, C, 1, 1)
     return (weights * activation).sum(1).relu()                                      # (B, h, w)
 
 
-@gradient_cam("gradcam++")
+@gradient_cam("gradcam++", default=True)
 def gradcam_plus_plus(activation: torch.Tensor, gradient: torch.Tensor) -> torch.Tensor:
     grad2, grad3 = gradient.pow(2), gradient.pow(3)
     denominator = 2 * grad2 + activation.sum((2, 3), keepdim=True) * grad3
@@ -240,12 +240,12 @@ def first_component(activation: torch.Tensor) -> torch.Tensor:
     return projection.float().reshape(batch, height, width)
 
 
-@register_method("eigencam", has_activation_maps, CAM_NEEDS)
+@register_method("eigencam", has_activation_maps, CAM_NEEDS, default=False)
 def eigencam(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, layer: str | None = None) -> torch.Tensor:
     return first_component(activation_map(model, images, layer)).relu()             # (B, h, w), class-agnostic
 
 
-@register_method("scorecam", has_activation_maps, CAM_NEEDS)
+@register_method("scorecam", has_activation_maps, CAM_NEEDS, default=False)
 def scorecam(
     model: nn.Module, images: torch.Tensor, targets: torch.Tensor, layer: str | None = None, batch_size: int = 32
 ) -> torch.Tensor:

@@ -54,12 +54,12 @@ def _channel_max_abs(attribution: torch.Tensor) -> torch.Tensor:
     return attribution.abs().amax(1)                                                   # (B, H, W)
 
 
-@register_method("gradient", differentiable, DIFFERENTIABLE)
+@register_method("gradient", differentiable, DIFFERENTIABLE, default=False)
 def gradient(model: nn.Module, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return _channel_max_abs(input_gradient(model, images, targets))
 
 
-@register_method("smoothgrad", differentiable, DIFFERENTIABLE)
+@register_method("smoothgrad", differentiable, DIFFERENTIABLE, default=False)
 def smoothgrad(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, samples: int = 50,
                noise: float = 0.15, seed: int = 0) -> torch.Tensor:
     check_count("samples", samples)
@@ -104,7 +104,7 @@ def integrated_gradients_attribution(model: nn.Module, images: torch.Tensor, tar
     return delta * integral
 
 
-@register_method("integrated_gradients", differentiable, DIFFERENTIABLE)
+@register_method("integrated_gradients", differentiable, DIFFERENTIABLE, default=False)
 def integrated_gradients(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, steps: int = 50,
                          integration: str = "gausslegendre", baseline: float = 0.0) -> torch.Tensor:
     return integrated_gradients_attribution(model, images, targets, steps, integration, baseline).sum(1).abs()
@@ -138,7 +138,8 @@ def has_relu_modules(model: nn.Module) -> bool:
     return has_activation_maps(model) and any(isinstance(module, nn.ReLU) for module in model.modules())
 
 
-@register_method("guided_gradcam", has_relu_modules, f"{CAM_NEEDS} and nn.ReLU modules to guide")
+@register_method("guided_gradcam", has_relu_modules, f"{CAM_NEEDS} and nn.ReLU modules to guide",
+                 default=False)
 def guided_gradcam(model: nn.Module, images: torch.Tensor, targets: torch.Tensor,
                    layer: str | None = None) -> torch.Tensor:
     cam = gradcam(*activation_and_gradient(model, images, targets, layer))             # (B, h, w)

@@ -52,7 +52,7 @@ def occlusion_attribution(model: nn.Module, images: torch.Tensor, targets: torch
     return drop / count
 
 
-@register_method("occlusion", any_model, "nothing (forwards only)")
+@register_method("occlusion", any_model, "nothing (forwards only)", default=False)
 def occlusion(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, window: int | None = None,
               stride: int | None = None, baseline: float = 0.0, batch_size: int = 64) -> torch.Tensor:
     return occlusion_attribution(model, images, targets, window, stride, baseline, batch_size).relu()
