@@ -32,7 +32,8 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException, SI
 
 from cvattn.checkpoint import check_checkpoint_fits, load_checkpoint
 from cvattn.config import build_cli
-from cvattn.runs import check_writable, forget_metrics_from, remove_partial_run
+from cvattn.lightning.loggers import ContinuingCSVLogger
+from cvattn.runs import check_writable, first_missing, remove_partial_run, write_run_record
 
 # Errors that mean "the input is wrong", reported as one paragraph; anything else is a bug and keeps its traceback.
 INPUT_ERRORS = (ValueError, OSError, FloatingPointError, MisconfigurationException)
@@ -47,15 +48,18 @@ def main(argv: list[str] | None = None) -> None:
     trainer = cli.trainer
     # No run directory of its own (fast_dev_run): the root dir, where nothing is written.
     run_dir = Path(trainer.log_dir or trainer.default_root_dir)
-    resuming = run_dir.exists()
+    created = first_missing(run_dir)   # what this run creates, and all that a failure may remove
     try:
         check_writable(run_dir)
         ckpt_path = cli.config.get("ckpt_path")
         if ckpt_path is not None:
             checkpoint = load_checkpoint(ckpt_path)
             check_checkpoint_fits(checkpoint, cli.model, ckpt_path)
-            if resuming:
-                forget_metrics_from(run_dir / "metrics.csv", checkpoint["global_step"])
+            if created is None and isinstance(trainer.logger, ContinuingCSVLogger):
+                # Rows from the checkpoint's step on are logged again; dropped at the resumed run's first row.
+                trainer.logger.forget_from_step = checkpoint["global_step"]
+        if created is not None and trainer.is_global_zero:
+            write_run_record(run_dir, cli.config_file, cli.experiment)
         try:
             trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt_path)
         except SIGTERMException:
@@ -72,8 +76,8 @@ def main(argv: list[str] | None = None) -> None:
         last = checkpoint.last_model_path if checkpoint is not None else ""
         trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=best or None)
     except INPUT_ERRORS as err:
-        if trainer.is_global_zero and not resuming:
-            remove_partial_run(run_dir)
+        if trainer.is_global_zero:
+            remove_partial_run(run_dir, created)
         _fail(err)
     if trainer.is_global_zero:   # rank 0 wrote the files; no collective here, rank 1 may have exited
         _report(best, last, run_dir / "metrics.csv")
