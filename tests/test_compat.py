@@ -247,9 +247,9 @@ def test_a_value_no_type_of_a_union_accepts(config, monkeypatch):
 
 
 def test_an_empty_config(monkeypatch, tmp_path):
-    (tmp_path / "empty.yaml").write_text("")
+    monkeypatch.chdir(tmp_path)
     monkeypatch.setattr("cvattn.config.check_config_file", lambda path: None)   # which names the file first
-    message = raw_parse_error(None, "--config", str(tmp_path / "empty.yaml"), monkeypatch=monkeypatch)
+    message = raw_parse_error("", monkeypatch=monkeypatch)
     assert _compat.UNEXPECTED_CONFIG.match(message), _moved(f"the empty-config error reads {message!r}",
                                                             _compat.JSONARGPARSE_PIN)
 
