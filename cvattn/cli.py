@@ -4,18 +4,23 @@
 
 Every key of the YAML can be overridden on the command line. ``data.num_classes`` and ``data.in_chans`` are linked
 into the model, so a config states them once (in the datamodule). Runs log to ``runs/<config name>/version_N``
-(CSV metrics, the resolved config, ``checkpoints/`` with the best and the last checkpoint); the ``checkpoint``
+(``run.json``: the config file and the hash of its experiment; CSV metrics, the resolved config, ``checkpoints/``
+with the best and the last checkpoint; a config whose stem another config file already uses gets
+``runs/<stem>-<hash of its path>``, see ``cvattn.runs``); the ``checkpoint``
 section configures that ``ModelCheckpoint`` (``cvattn.checkpoint.LastCheckpoint``, whose ``last.ckpt`` is always the
 newest state), e.g. ``checkpoint: {every_n_train_steps: 500}``. With ``--trainer.logger false`` a run still gets its
 ``version_N``, for the config and the checkpoints; ``--trainer.fast_dev_run true`` writes nothing.
 
 ``--ckpt_path last`` resumes from the newest ``version_N`` of the config that holds a ``last.ckpt`` and goes on
-logging into it; on CPU the resumed run ends bitwise where an uninterrupted one would (docs/distributed.md).
+logging into it, after checking that the run is of the same experiment and that the checkpoint fits the model,
+optimiser and schedule; the run's metrics.csv and config.yaml change only once training has resumed. On CPU the
+resumed run ends bitwise where an uninterrupted one would (docs/distributed.md).
 A run stopped by SIGTERM (a scheduler's time limit) says so and exits with 143, not 0.
 The configs run unchanged on several devices: ``--trainer.devices 4 --trainer.strategy ddp``.
 
 Bad input (malformed YAML, an unknown key, a bad value, a missing or foreign file, an unwritable run directory)
-ends with one ``error: ...`` paragraph on stderr and exit code 1, and leaves no half-made run directory behind.
+ends with one ``error: ...`` paragraph on stderr and exit code 1, and leaves no half-made run directory behind: a
+failed run without a checkpoint removes exactly the folders it created, never one that existed before.
 
 The parts live in library modules: the parser and its trainer defaults in ``cvattn.config``, the run directories in
 ``cvattn.runs``, the checkpoint files and callbacks in ``cvattn.checkpoint``, the CSV logger in

@@ -1,7 +1,10 @@
 """``train.py`` configs: the parser that reads them, and building a run's model and datamodule from one.
 
 ``CvattnCLI`` is the LightningCLI parser (``--ckpt_path``, the ``checkpoint`` section, the datamodule's
-``num_classes`` and ``in_chans`` linked into the model, parse and constructor errors rewritten to one paragraph);
+``num_classes`` and ``in_chans`` linked into the model, parse and constructor errors rewritten to one paragraph).
+It checks what it is given before any file is written: the config files (readable, UTF-8, a mapping, YAML aliases
+that expand to at most ``MAX_YAML_NODES``, for every YAML jsonargparse reads), a training length that trains
+something, model values that the data overrides, and, for ``--ckpt_path last``, that the run is of this experiment;
 ``build_cli`` gives it the trainer defaults of ``train.py`` (the run directory's CSV logger, exact resume, atomic
 checkpoints); ``build_from_config`` builds the untrained model and the datamodule of a config without training,
 for notebooks, the saliency CLI and bench/ scripts.
@@ -297,6 +300,7 @@ def build_from_config(config: str | os.PathLike) -> tuple[L.LightningModule, L.L
     if not path.is_file():
         raise FileNotFoundError(f"Config {str(config)!r} does not exist (or is not a file); give the YAML the model "
                                 f"was trained with, e.g. runs/<name>/version_N/config.yaml.")
+    check_config_file(str(config))   # readable, UTF-8, a mapping, and no alias bomb
     try:
         sections = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:

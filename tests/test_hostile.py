@@ -3,7 +3,12 @@
 
 All cases run as concurrent subprocesses from one fixture (each pays the ~6 s import of torch and Lightning); the
 variants of these cases (zero lr, negative batch size, a corrupt rather than truncated image, a missing image folder)
-run in-process in test_cli."""
+run in-process in test_cli.
+
+The second half reproduces the damage a hostile-but-realistic user did to finished runs (two configs of one name,
+a resume with another optimiser, a resume that fails, a kill before the first validation, an alias bomb, a failed
+run in the user's own folder) and the values that slipped through the door, and asserts each cannot happen now:
+the finished run byte-identical, one error paragraph naming the value, nothing written."""
 from __future__ import annotations
 
 import json
@@ -268,6 +273,7 @@ class RaiseAtStep(L.Callback):
 
 def test_every_n_train_steps_saves_before_the_first_validation(workdir, capsys):
     """8 steps an epoch, a checkpoint every 2: a kill before step 5 (no validation yet) loses one step."""
+    write_image_folder(workdir / "images", per_class=20)
     config = _write(workdir / "tiny.yaml", **{"checkpoint.every_n_train_steps": 2, "trainer.callbacks": [
         {"class_path": "test_hostile.RaiseAtStep", "init_args": {"step": 5}}]})
     code, message = _main(["--config", config], capsys)
