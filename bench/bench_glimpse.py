@@ -1,4 +1,4 @@
-"""Batched glimpse sensor vs a per-image Python loop (issue 4 target: ≥ 20× faster).
+"""Batched glimpse sensor vs a per-image Python loop (the target: ≥ 20× faster).
 
 Batch 128 of 60×60 one-channel images, g=12, k=3 (the ram_60 sensor). The reference crops each patch from a
 padded copy of each image and area-resizes it, one image and one scale at a time, patch i placed on the 2^i-pixel

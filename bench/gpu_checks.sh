@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Everything this project measures or checks on a GPU, in one run of about 5 minutes on one H200-class GPU:
-#   1. speed: the glimpse sensor against its per-image loop (issue 4's ≥ 20×), and the ViT's training step against
+#   1. speed: the glimpse sensor against its per-image loop (the target: ≥ 20×), and the ViT's training step against
 #      timm's and the cost of its attention maps (float32 and bfloat16 autocast);
 #   2. every config whose data is found (and SE and ECA ResNets) trains 20 steps on the GPU and tests its checkpoint,
 #      and the saliency CLI runs every method of each on the GPU: the device bugs the CPU test suite cannot see (a

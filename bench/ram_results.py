@@ -7,7 +7,7 @@
 Side by side on the same data (the same canvases for a given seed): RAM with 4, 6 and 8 glimpses, RAM with 8
 random glimpses (the policy control: a trained policy must clearly beat it) and two conv baselines: the paper's
 own (``conv_fc_baseline``: one 10×10 conv of stride 5 and 256 hidden units, about the RAM's size) and the much
-stronger ``convnet2``. Mnih et al. 2014 (MNIST, shared/reference.md): RAM 8 glimpses 4.04%, conv 8.09%, random
+stronger ``convnet2``. Mnih et al. 2014 (MNIST, docs/references.md): RAM 8 glimpses 4.04%, conv 8.09%, random
 glimpses 14.4%. MNIST runs only where its IDX files are found; Fashion-MNIST always.
 
 Every row is one ``train.py`` run of ``configs/ram_fashion_mnist_60_cluttered.yaml`` (RAM) or the conv model's

@@ -7,6 +7,7 @@ by the models, blocks, LightningModules, checkpoints and CLIs, so the same mista
 from __future__ import annotations
 
 import difflib
+import numbers
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -32,6 +33,13 @@ def check_positive(name: str, value: float) -> float:
     """``value`` if it is > 0, else a ``ValueError`` naming ``name`` and ``value``."""
     if not value > 0:
         raise ValueError(f"{name} must be > 0, got {value}.")
+    return value
+
+
+def check_count(name: str, value: int) -> int:
+    """``value`` if it is a positive int (a number of steps, samples, pixels), else a ``ValueError`` naming ``name``."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}.")
     return value
 
 
@@ -67,3 +75,31 @@ def state_dict_mismatch(saved: Mapping[str, Any], expected: Mapping[str, Any], e
     return "; ".join(f"{kind}: {len(keys)} (e.g. {', '.join(keys[:examples])})" for kind, keys in
                      (("missing keys", missing), ("unexpected keys", unexpected), ("keys of another shape", reshaped))
                      if keys)
+
+
+def check_int_range(name: str, value: Any, low: int, high: int | None = None, note: str = "") -> int:
+    """``value`` if it is an integer (not a bool, not a float such as ``1e9``) in ``[low, high]``, else a
+    ``ValueError`` naming ``name``, the value and the accepted range; ``note`` (e.g. what the value means, or the
+    fix) follows the range. ``high=None``: no upper bound."""
+    if low == 1 and high is None:
+        accepted = "a positive integer"
+    elif high is None:
+        accepted = f">= {low}"
+    else:
+        accepted = f"an integer in [{low}, {high}]"
+    note = f" {note}" if note else ""
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+        hint = f" (write {int(value)})" if isinstance(value, float) and value.is_integer() else ""
+        raise ValueError(f"{name} must be {accepted}{note}, got {value!r}, a {type(value).__name__}{hint}.")
+    if value < low or (high is not None and value > high):
+        raise ValueError(f"{name} must be {accepted}{note}, got {value}.")
+    return int(value)
+
+
+def check_open_interval(name: str, value: Any, low: float, high: float, note: str = "") -> float:
+    """``value`` if it is a real number (not a bool) with ``low < value < high``, else a ``ValueError`` naming
+    ``name`` and the value; ``note`` says what the value means."""
+    note = f" {note}" if note else ""
+    if not isinstance(value, numbers.Real) or isinstance(value, bool) or not low < value < high:
+        raise ValueError(f"{name} must be in ({low:g}, {high:g}){note}, got {value!r}.")
+    return float(value)

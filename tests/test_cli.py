@@ -1,72 +1,15 @@
 """train.py's command line: one-paragraph errors with suggestions, `--ckpt_path last`, run-directory hygiene,
 and the configs accepting the distributed and fast-path switches unchanged.
 
-The helpers at the top (a tiny image folder and config) are shared with test_hostile, test_resume and
-test_distributed, which run train.py in subprocesses."""
+The tiny image folder and config come from helpers.py and the ``config_path`` fixture from conftest.py."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import yaml
-from PIL import Image
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def write_image_folder(root: Path, per_class: int = 20, size: int = 16, seed: int = 0) -> Path:
-    """``root/{cat,dog}/<i>.png``: seeded random RGB images, a dataset that loads in milliseconds."""
-    rng = np.random.default_rng(seed)
-    for name in ("cat", "dog"):
-        (root / name).mkdir(parents=True, exist_ok=True)
-        for i in range(per_class):
-            Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(root / name / f"{i}.png")
-    return root
-
-
-def tiny_config(image_root: Path, max_epochs: int = 1, num_workers: int = 0, **trainer) -> dict:
-    """convnet2 of width 8 on 16×16 images, 32 training images in batches of 4 (8 steps an epoch), 8 for validation."""
-    return {
-        "seed_everything": 0,
-        "trainer": {"max_epochs": max_epochs, "deterministic": True, "enable_progress_bar": False,
-                    "enable_model_summary": False, "log_every_n_steps": 1, **trainer},
-        "model": {"class_path": "cvattn.lightning.ImageClassifier",
-                  "init_args": {"model": "convnet2", "model_kwargs": {"width": 8}, "lr": 0.05}},
-        "data": {"class_path": "cvattn.data.ImageFolderDataModule",
-                 "init_args": {"root": str(image_root), "test_root": str(image_root), "image_size": 16,
-                               "batch_size": 4, "num_workers": num_workers, "val_fraction": 0.2,
-                               "train_transforms": [{"name": "HorizontalFlip", "p": 0.5}]}},
-    }
-
-
-def write_config(path: Path, config: dict) -> Path:
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
-def train(cwd: Path, *args: str, pythonpath: tuple[Path, ...] = (), env_extra: dict | None = None) -> subprocess.Popen:
-    """Start ``python train.py *args`` in ``cwd``, capturing text output. One thread each: the tests run several at
-    once on few cores, and oversubscribed OpenMP threads spin-wait."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(map(str, (*pythonpath, REPO))), "OMP_NUM_THREADS": "1",
-           **(env_extra or {})}
-    return subprocess.Popen([sys.executable, str(REPO / "train.py"), *args], cwd=cwd, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-
-
-def error_lines(stderr: str) -> list[str]:
-    return [line for line in stderr.splitlines() if line.startswith("error:")]
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-
-@pytest.fixture
-def config_path(tmp_path: Path, monkeypatch) -> Path:
-    monkeypatch.chdir(tmp_path)
-    return write_config(tmp_path / "tiny.yaml", tiny_config(write_image_folder(tmp_path / "images", per_class=4)))
+from helpers import REPO, error_lines, write_config
 
 
 def run_main(argv: list[str], capsys) -> str:
@@ -112,7 +55,7 @@ def test_command_line_typo_suggests_the_option(config_path, capsys):
     (lambda c: c["model"]["init_args"].update(lr="fast"),
      "Bad value for model.init_args.lr: expected a float, got 'fast'"),
     (lambda c: c["model"].update(class_path="cvattn.lightning.ImageClasifier"),
-     "Unknown class_path 'cvattn.lightning.ImageClasifier'. Did you mean cvattn.lightning.ImageClassifier?"),
+     "Unknown class_path 'cvattn.lightning.ImageClasifier'. Did you mean cvattn.lightning.ImageClassifier"),
     (lambda c: c["model"]["init_args"].update(model="convnet3"), "Unknown model 'convnet3'. Did you mean 'convnet2'?"),
     (lambda c: c["model"]["init_args"].update(lr=0.0), "lr must be > 0, got 0.0"),
     (lambda c: c["data"]["init_args"].update(batch_size=-4), "batch_size must be a positive integer, got -4"),

@@ -17,7 +17,7 @@ import lightning as L
 import pytest
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
-from test_cli import tiny_config, write_config, write_image_folder
+from helpers import tiny_config, write_config, write_image_folder
 
 import cvattn.config
 from cvattn import _compat
@@ -114,7 +114,7 @@ def test_rank_zero_experiment_is_the_decorator_csv_logger_uses():
 @pytest.fixture
 def config(tmp_path, monkeypatch) -> dict:
     monkeypatch.chdir(tmp_path)
-    return tiny_config(write_image_folder(tmp_path / "images", per_class=2))
+    return tiny_config(write_image_folder(tmp_path / "images", per_class=3))
 
 
 def raw_parse_error(config: dict | str | None, *args: str, monkeypatch) -> str:

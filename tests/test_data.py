@@ -142,7 +142,7 @@ def test_fashion_mnist_from_data_dir(tmp_path, no_system_copy):
 
 def test_split_is_seeded_disjoint_and_complete(fmnist_dir):
     def split(seed):
-        dm = FashionMNISTDataModule(data_dir=fmnist_dir, num_workers=0, val_fraction=0.1, seed=seed)
+        dm = FashionMNISTDataModule(data_dir=fmnist_dir, batch_size=16, num_workers=0, val_fraction=0.1, seed=seed)
         dm.setup("fit")
         return ({bytes(image.numpy()) for image in dm.train_set.images},
                 {bytes(image.numpy()) for image in dm.val_set.images})
@@ -154,7 +154,7 @@ def test_split_is_seeded_disjoint_and_complete(fmnist_dir):
 
 def test_torchvision_layout_and_raw_files(tmp_path, no_system_copy):
     write_mnist_like(tmp_path / "data" / "FashionMNIST" / "raw", gz=False)
-    dm = FashionMNISTDataModule(data_dir=str(tmp_path / "data"), num_workers=0)
+    dm = FashionMNISTDataModule(data_dir=str(tmp_path / "data"), batch_size=16, num_workers=0)
     dm.setup("test")
     assert len(dm.test_set) == 20
 
@@ -162,7 +162,7 @@ def test_torchvision_layout_and_raw_files(tmp_path, no_system_copy):
 def test_mnist_from_system_copy(tmp_path, no_system_copy, monkeypatch):
     arrays = write_mnist_like(tmp_path / "system", num_test=30)
     monkeypatch.setattr(MNISTDataModule, "system_dir", str(tmp_path / "system"))
-    dm = MNISTDataModule(data_dir=str(tmp_path / "empty"), num_workers=0, download=False)
+    dm = MNISTDataModule(data_dir=str(tmp_path / "empty"), batch_size=16, num_workers=0, download=False)
     dm.setup("test")
     assert dm.class_names == tuple("0123456789") and dm.mean == (0.1307,)
     assert dm.test_set.labels.tolist() == arrays["t10k"][1].tolist()
@@ -215,7 +215,7 @@ def test_empty_and_mislabelled_datasets(tmp_path, no_system_copy):
     write_mnist_like(tmp_path / "bad")
     write_idx(tmp_path / "bad" / "t10k-labels-idx1-ubyte.gz", np.full(20, 12))
     with pytest.raises(ValueError, match=r"labels span \[12, 12\], expected \[0, 9\]"):
-        FashionMNISTDataModule(data_dir=str(tmp_path / "bad")).setup("test")
+        FashionMNISTDataModule(data_dir=str(tmp_path / "bad"), batch_size=16).setup("test")
     write_mnist_like(tmp_path / "tiny", num_train=1)
     with pytest.raises(ValueError, match="val_fraction=0.1 of 1 training images"):
         FashionMNISTDataModule(data_dir=str(tmp_path / "tiny")).setup("fit")
@@ -275,7 +275,7 @@ def test_cifar10_reads_the_python_batches(tmp_path, no_system_copy):
     names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
     files = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
     written = write_cifar(tmp_path, "cifar-10-batches-py", files, "labels", ("batches.meta", "label_names", names))
-    dm = CIFAR10DataModule(data_dir=str(tmp_path), num_workers=0, val_fraction=0.2)
+    dm = CIFAR10DataModule(data_dir=str(tmp_path), batch_size=8, num_workers=0, val_fraction=0.2)
     assert (dm.num_classes, dm.in_chans, dm.image_size, dm.class_names) == (10, 3, (32, 32), tuple(names))
     dm.setup()
     assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (24, 6, 6)
@@ -356,7 +356,7 @@ def test_image_folder_broken_file_is_named(bird_folder, name):
     else:
         png = (bird_folder / "wren" / "rgb4.png").read_bytes()
         broken.write_bytes(png[: len(png) // 2])
-    dm = ImageFolderDataModule(root=str(bird_folder), image_size=8, num_workers=0)
+    dm = ImageFolderDataModule(root=str(bird_folder), image_size=8, batch_size=4, num_workers=0)
     dm.setup("fit")
     with pytest.raises(ValueError, match=f"Cannot decode image {broken}: .*Remove or replace this file"):
         for dataset in (dm.train_set, dm.val_set):
@@ -376,11 +376,12 @@ def test_image_folder_errors(tmp_path, bird_folder):
     with pytest.raises(ValueError, match="image_size must be a positive integer"):
         ImageFolderDataModule(root=str(bird_folder), image_size=0)
     with pytest.raises(ValueError, match="no test split: set test_root"):
-        ImageFolderDataModule(root=str(bird_folder), image_size=8).setup("test")
+        ImageFolderDataModule(root=str(bird_folder), image_size=8, batch_size=4).setup("test")
     (tmp_path / "other" / "crow").mkdir(parents=True)
     Image.new("RGB", (4, 4)).save(tmp_path / "other" / "crow" / "a.png")
     with pytest.raises(ValueError, match=r"has classes \['crow'\].*same class subfolders"):
-        ImageFolderDataModule(root=str(bird_folder), image_size=8, test_root=str(tmp_path / "other")).setup("test")
+        ImageFolderDataModule(root=str(bird_folder), image_size=8, batch_size=4,
+                              test_root=str(tmp_path / "other")).setup("test")
 
 
 # ------------------------------------------------------------------------------------------------- canvases
@@ -490,14 +491,15 @@ def test_train_batches_depend_only_on_seed_epoch_index(fmnist_dir, canvas):
 
 
 def test_augmentation_of_training_images_only_and_per_epoch(fmnist_dir):
-    dm = FashionMNISTDataModule(data_dir=fmnist_dir, num_workers=0, train_transforms=[{"name": "VerticalFlip", "p": 1}])
+    dm = FashionMNISTDataModule(data_dir=fmnist_dir, batch_size=16, num_workers=0,
+                                train_transforms=[{"name": "VerticalFlip", "p": 1}])
     dm.setup("fit")
     image = dm.train_set.images[3]
     flipped = (image.flip(0).permute(2, 0, 1).float() / 255 - dm.mean[0]) / dm.std[0]
     torch.testing.assert_close(dm.train_set[3][0], flipped)
     plain = (dm.val_set.images[3].permute(2, 0, 1).float() / 255 - dm.mean[0]) / dm.std[0]
     torch.testing.assert_close(dm.val_set[3][0], plain)
-    randomly = FashionMNISTDataModule(data_dir=fmnist_dir, num_workers=0,
+    randomly = FashionMNISTDataModule(data_dir=fmnist_dir, batch_size=16, num_workers=0,
                                       train_transforms=[{"name": "Affine", "rotate": (-20, 20), "p": 1}])
     randomly.setup("fit")
     assert torch.equal(randomly.train_set[(4, 3)][0], randomly.train_set[(4, 3)][0])

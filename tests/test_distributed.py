@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from test_cli import tiny_config, train, write_config, write_image_folder
+from helpers import tiny_config, train, write_config, write_image_folder
 
 from cvattn.data import ImageFolderDataModule
 from cvattn.lightning import ImageClassifier

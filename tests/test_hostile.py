@@ -21,7 +21,7 @@ import lightning as L
 import pytest
 import torch
 from PIL import Image
-from test_cli import error_lines, tiny_config, train, write_config, write_image_folder
+from helpers import error_lines, tiny_config, train, write_config, write_image_folder
 
 pytestmark = pytest.mark.slow
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from test_cli import tiny_config, write_config, write_image_folder
+from helpers import tiny_config, write_config, write_image_folder
 
 import cvattn
 from cvattn.layers import create_attn

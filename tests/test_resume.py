@@ -15,7 +15,7 @@ import lightning as L
 import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
-from test_cli import tiny_config, train, write_config, write_image_folder
+from helpers import tiny_config, train, write_config, write_image_folder
 
 import cvattn.checkpoint
 from cvattn.checkpoint import AtomicCheckpointIO, ExactResume, LastCheckpoint, check_checkpoint_fits

@@ -71,14 +71,18 @@ def images(batch: int = 3, size: int = 16, chans: int = 1, seed: int = 0) -> tor
 
 
 MODELS = {"cbam_convnet": cbam_convnet, "vit": tiny_vit, "ram": tiny_ram}
+CAMS = ["gradcam", "gradcam++", "hirescam", "xgradcam", "layercam", "eigencam", "scorecam"]
+GRADIENTS = ["gradient", "smoothgrad", "integrated_gradients"]
 
 
 # --- the saliency() contract -------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("family, expected", [
-    ("cbam_convnet", ["spatial_gate", "channel_gate", "gradcam", "gradcam++", "random", "center"]),
-    ("vit", ["attention", "rollout", "grad_rollout", "gradcam", "gradcam++", "random", "center"]),
-    ("ram", ["glimpses", "random", "center"]),
+    ("cbam_convnet", ["spatial_gate", "channel_gate", *CAMS, *GRADIENTS, "guided_gradcam", "occlusion", "random",
+                      "center", "brightness"]),
+    ("vit", ["attention", "rollout", "grad_rollout", *CAMS, *GRADIENTS, "occlusion", "random", "center",
+             "brightness"]),
+    ("ram", ["glimpses", "occlusion", "random", "center", "brightness"]),
 ])
 def test_every_method_gives_unit_maps_at_input_resolution(family, expected):
     model = MODELS[family]()
@@ -98,7 +102,7 @@ def test_lightning_modules_are_unwrapped():
     x = images()
     torch.testing.assert_close(saliency(module, x, "gradcam"), saliency(module.model, x, "gradcam"))
     ram = RAMModule(model="ram_28", model_kwargs={"glimpse_size": 4, "hidden_size": 16}, num_classes=5, in_chans=1)
-    assert available_methods(ram.model) == ["glimpses", "random", "center"]
+    assert available_methods(ram.model) == ["glimpses", "occlusion", "random", "center", "brightness"]
     torch.testing.assert_close(saliency(ram, x, "glimpses"), saliency(ram.model, x, "glimpses"))
 
 
@@ -513,7 +517,7 @@ def boxed_batches(count: int = 2, batch: int = 4) -> list[tuple[torch.Tensor, ..
 
 def test_evaluate_reports_methods_beside_the_baselines():
     results = evaluate(cbam_convnet(), boxed_batches(), ["gradcam"], pixels_per_step=64)
-    assert list(results) == ["gradcam", "random", "center"]
+    assert list(results) == ["gradcam", "random", "center", "brightness"]
     for scores in results.values():
         assert scores["num_images"] == 8
         assert set(scores) == {"pointing_game", "energy_in_box", "deletion_auc", "insertion_auc", "num_images"}
@@ -566,10 +570,53 @@ def test_cli_writes_overlays_and_metrics(trained_run, tmp_path):
                      "--out", str(out), "--methods", "spatial_gate", "gradcam", "--num-images", "2",
                      "--max-batches", "1", "--pixels-per-step", "600"])
     assert code == 0
-    assert sorted(p.name for p in out.iterdir()) == ["image_000.png", "image_001.png", "metrics.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["image_000.png", "image_001.png", "index.html", "metrics.json"]
     metrics = json.loads((out / "metrics.json").read_text())["methods"]
-    assert list(metrics) == ["spatial_gate", "gradcam", "random", "center"]
+    assert list(metrics) == ["spatial_gate", "gradcam", "random", "center", "brightness"]
     assert metrics["gradcam"]["num_images"] == 4 and 0 <= metrics["gradcam"]["deletion_auc"] <= 1
+    page = (out / "index.html").read_text()
+    assert page.count('<img src="image_00') == 2 and "<caption>Metrics over 1 test batches" in page
+    assert f"<td>gradcam</td><td>{metrics['gradcam']['pointing_game']:.4f}</td>" in page
+
+
+def test_cli_streams_figures_batch_by_batch_and_a_failure_leaves_nothing(trained_run, tmp_path, monkeypatch):
+    """Figures go to disk as they are drawn (one alive at a time, batch k after batch k-1's files), and an error
+    midway removes them all."""
+    import cvattn.saliency.cli as cli
+    from cvattn.saliency.gallery import Gallery
+
+    staged, alive, peak = [], [0], [0]
+    real_saliency, real_grid, real_add = cli.saliency, cli.saliency_grid, Gallery.add_figure
+
+    def saliency(model, images, method):
+        staged.append(len(list(tmp_path.glob(".*.partial*/*.png"))))
+        if fail and len(staged) == 2:
+            raise RuntimeError("CUDA out of memory")
+        return real_saliency(model, images, method)
+
+    def grid(*args):
+        alive[0] += 1
+        peak[0] = max(peak[0], alive[0])
+        return real_grid(*args)
+
+    def add_figure(self, *args, **kwargs):
+        real_add(self, *args, **kwargs)
+        alive[0] -= 1
+
+    monkeypatch.setattr(cli, "saliency", saliency)
+    monkeypatch.setattr(cli, "saliency_grid", grid)
+    monkeypatch.setattr(Gallery, "add_figure", add_figure)
+    args = ["--checkpoint", str(trained_run / "model.ckpt"), "--config", str(trained_run / "config.yaml"), "--out",
+            str(tmp_path / "out"), "--methods", "gradcam", "--num-images", "6", "--max-batches", "1", "--no-auc"]
+    fail = False
+    assert cli_main(args) == 0
+    assert staged == [0, 4] and peak[0] == 1                          # the loader's batches are 4 images
+    assert len(list((tmp_path / "out").glob("image_*.png"))) == 6
+    fail, staged[:] = True, []
+    args[args.index("--out") + 1] = str(tmp_path / "again")
+    with pytest.raises(RuntimeError, match="out of memory"):
+        cli_main(args)
+    assert staged == [0, 4] and not (tmp_path / "again").exists() and not list(tmp_path.glob(".again.partial*"))
 
 
 @pytest.mark.parametrize("case, message", [
@@ -579,13 +626,17 @@ def test_cli_writes_overlays_and_metrics(trained_run, tmp_path):
     ("method for another family", r"--methods \['rollout'\] do not apply to ConvNet"),
     ("not a device", r"--device 'gpu0' is not a device; use cpu, cuda or cuda:N"),
     ("absent GPU", r"--device 'cuda:99': (CUDA is not available here|there are \d+ GPUs here)"),
+    ("more images than the test set", r"--num-images 20000 is more than the 10000 test images"),
+    ("option of the other mode", r"--model, --random-weights are not for --checkpoint/--config"),
 ])
 def test_cli_errors_leave_no_output(trained_run, tmp_path, capsys, case, message):
     checkpoint = {"missing checkpoint": "absent.ckpt", "other architecture": "other.ckpt"}.get(case, "model.ckpt")
     (tmp_path / "file").write_text("")
     out = tmp_path / "file" / "out" if case == "out under a file" else tmp_path / "out"
     methods = ["rollout"] if case == "method for another family" else ["gradcam"]
-    device = {"not a device": ["--device", "gpu0"], "absent GPU": ["--device", "cuda:99"]}.get(case, [])
+    device = {"not a device": ["--device", "gpu0"], "absent GPU": ["--device", "cuda:99"],
+              "more images than the test set": ["--num-images", "20000"],
+              "option of the other mode": ["--model", "resnet18", "--random-weights"]}.get(case, [])
     code = cli_main(["--checkpoint", str(trained_run / checkpoint), "--config", str(trained_run / "config.yaml"),
                      "--out", str(out), "--methods", *methods, "--no-auc", *device])
     assert code == 2

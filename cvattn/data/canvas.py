@@ -1,5 +1,6 @@
 """Translated and cluttered canvases (Mnih, Heess, Graves, Kavukcuoglu. "Recurrent Models of Visual
-Attention", NIPS 2014; docs/references.md, "Recurrent attention model").
+Attention", NIPS 2014; docs/references.md, "Recurrent attention model"). Several objects on one canvas:
+``cvattn.data.multi_object``.
 
 Translated: the object on a blank ``canvas_size``² canvas at a random position. Cluttered: first
 ``num_distractors`` random ``distractor_size``² crops of *other* images of the same split at random positions,
@@ -77,19 +78,31 @@ class CanvasDataset(ImageDataset):
         epoch, index = split_key(key)
         rng = self.sample_rng(epoch, index)
         obj = self.augmented(index, rng)                                  # (h, w, C) uint8
+        canvas = self.cluttered(rng, index, obj.shape[2])                 # (size, size, C) int32
+        h, w = self.check_fits(obj)
+        y0, x0 = rng.integers(0, (self.canvas_size - h + 1, self.canvas_size - w + 1)).tolist()
+        canvas[y0:y0 + h, x0:x0 + w] += obj
+        image = np.minimum(canvas, 255).astype(np.uint8)                  # (size, size, C)
+        box = torch.tensor([x0, y0, x0 + w, y0 + h], dtype=torch.float32)
+        return self.normalise(image), self.labels[index], box
+
+    def cluttered(self, rng: np.random.Generator, index: int, channels: int) -> np.ndarray:
+        """An int32 (size, size, C) canvas holding the distractors, crops of images other than ``index``
+        (int32: sums may exceed 255 until the caller clips them)."""
         size, crop = self.canvas_size, self.distractor_size
-        canvas = np.zeros((size, size, obj.shape[2]), dtype=np.int32)     # int32: sums may exceed 255
+        canvas = np.zeros((size, size, channels), dtype=np.int32)
         height, width = self.source_size                                  # distractors come un-augmented
         # One draw per distractor: which other image, where to cut the crop, where to put it.
         highs = (len(self) - 1, height - crop + 1, width - crop + 1, size - crop + 1, size - crop + 1)
         for other, cy, cx, y, x in rng.integers(0, highs, size=(self.num_distractors, 5)).tolist():
             other += other >= index
             canvas[y:y + crop, x:x + crop] += self.images[other].numpy()[cy:cy + crop, cx:cx + crop]
+        return canvas
+
+    def check_fits(self, obj: np.ndarray) -> tuple[int, int]:
+        """(h, w) of an augmented object, or a ``ValueError`` if it is larger than the canvas."""
         h, w = obj.shape[:2]
-        if h > size or w > size:
-            raise ValueError(f"An augmented {h}x{w} object does not fit on the {size}x{size} canvas.")
-        y0, x0 = rng.integers(0, (size - h + 1, size - w + 1)).tolist()
-        canvas[y0:y0 + h, x0:x0 + w] += obj
-        image = np.minimum(canvas, 255).astype(np.uint8)                  # (size, size, C)
-        box = torch.tensor([x0, y0, x0 + w, y0 + h], dtype=torch.float32)
-        return self.normalise(image), self.labels[index], box
+        if h > self.canvas_size or w > self.canvas_size:
+            raise ValueError(f"An augmented {h}x{w} object does not fit on the {self.canvas_size}x{self.canvas_size} "
+                             f"canvas.")
+        return h, w

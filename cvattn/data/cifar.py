@@ -65,7 +65,13 @@ class _CifarDataModule(ImageDataModule):
 
     @property
     def class_names(self) -> tuple[str, ...]:
-        return tuple(read_batch(self._find_folder() / self.meta_file)[self.names_key])
+        path = self._find_folder() / self.meta_file
+        names = read_batch(path).get(self.names_key)
+        if not isinstance(names, (list, tuple)) or len(names) != self.num_classes:
+            got = f"{len(names)} names" if isinstance(names, (list, tuple)) else repr(type(names).__name__)
+            raise ValueError(f"{path} is not {self.torchvision_name}'s meta file: '{self.names_key}' should list "
+                             f"{self.num_classes} class names, it holds {got}.")
+        return tuple(names)
 
     def _load_split(self, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
         folder = self._find_folder()
@@ -75,12 +81,17 @@ class _CifarDataModule(ImageDataModule):
             try:
                 data = np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)  # rows are R, G, B planes
                 images.append(data.transpose(0, 2, 3, 1))                                # (n, 32, 32, 3)
-                labels.append(np.asarray(batch[self.label_key], dtype=np.int64))
-            except (KeyError, ValueError) as err:
+                labels.append(np.asarray(batch[self.label_key], dtype=np.int64).reshape(-1))
+            except (KeyError, ValueError, TypeError) as err:
                 raise ValueError(
                     f"{folder / name} is not a {self.torchvision_name} batch: expected "
                     f"'data' (n, 3072) uint8 and '{self.label_key}'; {type(err).__name__}: {err}."
                 ) from None
+            if len(images[-1]) != len(labels[-1]):
+                raise ValueError(
+                    f"{folder / name} holds {len(images[-1])} images but {len(labels[-1])} labels in "
+                    f"'{self.label_key}'; a batch needs one label per image: replace it with the dataset's own file."
+                )
         return torch.from_numpy(np.concatenate(images)), torch.from_numpy(np.concatenate(labels))
 
     def _find_folder(self) -> Path:

@@ -56,8 +56,17 @@ class ImageDataset(Dataset):
             raise ValueError(f"{type(self).__name__} got no images.")
         if len(images) != len(labels):
             raise ValueError(f"{type(self).__name__}: {len(images)} images but {len(labels)} labels.")
-        if len(mean) != len(std) or min(std) <= 0:
-            raise ValueError(f"mean and std need one value per channel and std > 0, got mean={mean}, std={std}.")
+        if not isinstance(labels, torch.Tensor) or labels.ndim != 1 or labels.dtype != torch.int64:
+            got = f"{labels.dtype} {tuple(labels.shape)}" if isinstance(labels, torch.Tensor) else type(labels).__name__
+            raise ValueError(f"{type(self).__name__}: labels must be an int64 tensor of shape (N,), got {got}.")
+        first = images[0]
+        if not isinstance(first, torch.Tensor) or first.ndim != 3 or first.dtype != torch.uint8:
+            got = f"{first.dtype} {tuple(first.shape)}" if isinstance(first, torch.Tensor) else type(first).__name__
+            raise ValueError(f"{type(self).__name__}: images[i] must be uint8 (H, W, C) tensors, got {got}.")
+        channels = first.shape[-1]
+        if len(mean) != channels or len(std) != channels or min(std) <= 0:
+            raise ValueError(f"mean and std need one value per channel ({channels} here) and std > 0, got "
+                             f"mean={tuple(mean)}, std={tuple(std)}.")
         self.images = images
         self.labels = labels
         self.transform = transform

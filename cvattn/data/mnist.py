@@ -5,6 +5,8 @@ The IDX files (raw or ``.gz``) are looked for, in order, in ``data_dir``, in tor
 Debian's ``dataset-fashion-mnist`` package; ``/usr/share/datasets/mnist`` for MNIST); failing those they are
 downloaded with torchvision into ``data_dir`` when ``download`` is true. Each split is read whole into memory. The
 two datasets' files have the same names; files of the other one are refused (their mean brightness gives them away).
+Files found locally are checked from their headers when the datamodule is built (28×28 images, one label per
+image), before anything is loaded or downloaded.
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import torch
 
 from cvattn.data.base import ImageDataModule
 from cvattn.data.download import find_or_download
-from cvattn.data.idx import read_idx
+from cvattn.data.idx import read_idx, read_idx_shape
 
 _SPLIT_FILES = {
     True: ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -36,15 +38,43 @@ class _IdxDataModule(ImageDataModule):
         for train in (True, False):
             self._find_split(train)
 
+    def _check_files(self) -> int | None:
+        """The headers of the splits found locally (nothing is downloaded here); the number of training images."""
+        num_train = None
+        for train in (True, False):
+            found = _find_pair(self._search_dirs(), _SPLIT_FILES[train])
+            if found is not None:
+                shapes = [read_idx_shape(path) for path in found]
+                self._check_pair(*found, *shapes)
+                num_train = shapes[0][0] if train else num_train
+        return num_train
+
+    def _check_pair(self, images_path: Path, labels_path: Path, images_shape: tuple[int, ...],
+                    labels_shape: tuple[int, ...]) -> None:
+        """``ValueError`` unless ``images_path`` holds (N, 28, 28) images and ``labels_path`` N labels."""
+        name = self.torchvision_name
+        if len(images_shape) != 3 or tuple(images_shape[1:]) != self.object_size:
+            found = "x".join(map(str, images_shape[1:])) if len(images_shape) == 3 else f"shape {tuple(images_shape)}"
+            raise ValueError(
+                f"{images_path} holds images of {found}, but {name} images are 28x28 (an IDX array of shape "
+                f"(N, 28, 28)): these are not {name}'s image files. Point data_dir at {name}'s own files, or load "
+                "other images with ImageFolderDataModule."
+            )
+        if len(labels_shape) != 1:
+            raise ValueError(f"{labels_path} holds an array of shape {tuple(labels_shape)}; {name} labels are one "
+                             f"number per image, shape (N,). Point data_dir at {name}'s own files.")
+        if images_shape[0] != labels_shape[0]:
+            raise ValueError(
+                f"{images_path} holds {images_shape[0]} images but {labels_path} holds {labels_shape[0]} labels; a "
+                f"split needs one label per image. One of the two files is cut short or comes from another split or "
+                f"dataset: replace both with {name}'s own files."
+            )
+
     def _load_split(self, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
         images_path, labels_path = self._find_split(train)
         images = torch.from_numpy(read_idx(images_path))       # (N, 28, 28) uint8
         labels = torch.from_numpy(read_idx(labels_path)).long()  # (N,)
-        if images.ndim != 3 or labels.ndim != 1:
-            raise ValueError(
-                f"{images_path} and {labels_path} hold arrays of shape {tuple(images.shape)} and "
-                f"{tuple(labels.shape)}; expected (N, 28, 28) images and (N,) labels."
-            )
+        self._check_pair(images_path, labels_path, tuple(images.shape), tuple(labels.shape))
         self._check_brightness(images, images_path)
         return images.unsqueeze(-1), labels                     # (N, 28, 28, 1)
 
@@ -69,8 +99,7 @@ class _IdxDataModule(ImageDataModule):
 
     def _find_split(self, train: bool) -> tuple[Path, Path]:
         """The split's (images, labels) files, downloading them if needed and allowed."""
-        data_dir = Path(self.data_dir)
-        search = [data_dir, data_dir / self.torchvision_name / "raw", Path(self.system_dir)]
+        data_dir, search = Path(self.data_dir), self._search_dirs()
         names = _SPLIT_FILES[train]
         found, download_note = find_or_download(lambda: _find_pair(search, names), self.torchvision_name,
                                                 self.download, root=str(data_dir), train=train)
@@ -83,6 +112,10 @@ class _IdxDataModule(ImageDataModule):
             f"{self.data_dir!r}; {self.apt_hint}; or let torchvision download them into data_dir "
             f"(download=True; here {download_note})."
         )
+
+    def _search_dirs(self) -> list[Path]:
+        data_dir = Path(self.data_dir)
+        return [data_dir, data_dir / self.torchvision_name / "raw", Path(self.system_dir)]
 
 
 def _find_pair(directories: list[Path], names: tuple[str, str]) -> tuple[Path, Path] | None:

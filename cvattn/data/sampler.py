@@ -13,13 +13,15 @@ from typing import Any
 import numpy as np
 from torch.utils.data import DataLoader, Sampler
 
+from cvattn.checks import check_int_range
+
 
 class EpochSampler(Sampler[tuple[int, int]]):
     """Yields ``(epoch, index)`` for every index once per epoch, shuffled by ``(seed, epoch)`` if ``shuffle``."""
 
     def __init__(self, num_samples: int, seed: int = 0, shuffle: bool = True):
-        if num_samples <= 0:
-            raise ValueError(f"EpochSampler needs at least one sample, got num_samples={num_samples}.")
+        check_int_range("EpochSampler's num_samples", num_samples, 1)
+        check_int_range("EpochSampler's seed", seed, 0)
         self.num_samples = num_samples
         self.seed = seed
         self.shuffle = shuffle

@@ -13,14 +13,21 @@ by exactly 10%).
 The transforms see uint8 ``(H, W, C)`` numpy images. Normalisation and the conversion to a tensor are done by
 cvattn with the datamodule's ``mean``/``std``, so ``Normalize``, ``ToFloat``, ``FromFloat`` and ``ToTensorV2``
 are refused. The random state is set per sample by the dataset (see ``cvattn.data.dataset``), not by ``Compose``.
+
+``output_size`` runs a pipeline once on a blank image of the dataset's size, each transform forced on, so that a
+crop larger than the image, a transform that changes the channel count, or images that come out in several sizes
+are refused when the datamodule is built, not in the middle of a run.
 """
 from __future__ import annotations
 
+import copy
 import difflib
 import inspect
+import random
 from typing import Any
 
 import albumentations as A
+import numpy as np
 
 from cvattn.checks import did_you_mean
 
@@ -72,3 +79,75 @@ def _build_one(entry: Any, where: str) -> A.BasicTransform | A.BaseCompose:
         return cls(**kwargs)
     except (TypeError, ValueError) as err:  # albumentations validates with pydantic (a ValueError)
         raise ValueError(f"{where}: bad arguments {kwargs} for {name}: {err}") from None
+
+
+def output_size(pipeline: A.Compose, size: tuple[int, int], channels: int) -> tuple[int, int]:
+    """(H, W) of what ``pipeline`` makes of uint8 ``(*size, channels)`` images; ``ValueError`` naming the transform
+    that cannot take the images it receives (a crop larger than the image), that changes the channel count, or
+    when images would come out in several sizes (a batch needs one).
+
+    Each transform is run alone, forced on (p=1), on a random image of every size it can receive, three times
+    (random sizes show up); a transform with p < 1 may also leave its input as it is. The children of ``OneOf``,
+    ``SomeOf`` and the like are each tried on the composition's input (not chained); ``Sequential`` chains them.
+    """
+    sizes = _sizes_after_list(pipeline.transforms, {tuple(size)}, channels, "train_transforms", tuple(size))
+    if len(sizes) > 1:
+        raise ValueError(
+            f"train_transforms turn the {size[0]}x{size[1]} images into images of several sizes "
+            f"({', '.join(f'{h}x{w}' for h, w in sorted(sizes))}), but a batch needs one size. A size-changing "
+            "transform with p < 1, a random scale, or OneOf branches ending at different sizes do this: set p: 1 on "
+            "it, give every branch the same output size, or end the pipeline with a Resize."
+        )
+    return sizes.pop()
+
+
+def _sizes_after_list(transforms, sizes: set, channels: int, where: str, origin: tuple[int, int]) -> set:
+    for i, transform in enumerate(transforms):
+        sizes = _sizes_after(transform, sizes, channels, f"{where}[{i}]", origin)
+    return sizes
+
+
+def _sizes_after(transform, sizes: set, channels: int, where: str, origin: tuple[int, int]) -> set:
+    if isinstance(transform, A.Sequential):
+        out = _sizes_after_list(transform.transforms, sizes, channels, f"{where}.transforms", origin)
+    elif isinstance(transform, A.BaseCompose):
+        out = set().union(*(_sizes_after(child, sizes, channels, f"{where}.transforms[{j}]", origin)
+                            for j, child in enumerate(transform.transforms)))
+    else:
+        out = {_probe(transform, size, channels, where, origin, seed) for size in sorted(sizes) for seed in range(3)}
+    return out | sizes if transform.p < 1 else out
+
+
+def _probe(transform, size: tuple[int, int], channels: int, where: str, origin: tuple[int, int],
+           seed: int) -> tuple[int, int]:
+    """The (H, W) ``transform`` (forced on) makes of one random ``(*size, channels)`` uint8 image."""
+    forced = copy.deepcopy(transform)
+    forced.p = 1.0
+    pipeline = A.Compose([forced])
+    pipeline.set_random_state(np.random.default_rng(seed), random.Random(seed))
+    image = np.random.default_rng(seed).integers(0, 256, (*size, channels), dtype=np.uint8)
+    name, (h, w) = type(transform).__name__, size
+    received = f"the {h}x{w} images it receives" + (
+        f" (the dataset's {origin[0]}x{origin[1]} images, resized or cropped by the transforms before it)"
+        if size != origin else "")
+    try:
+        out = pipeline(image=image)["image"]
+    except Exception as err:  # albumentations raises many types (CropSizeError, ValueError, cv2.error, ...)
+        if hasattr(transform, "height") and hasattr(transform, "width"):
+            crop = f"{transform.height}x{transform.width}"
+        elif isinstance(getattr(transform, "size", None), (tuple, list)):
+            crop = "x".join(map(str, transform.size))
+        else:
+            raise ValueError(f"{where}: {name} fails on {received}, with {channels} channel(s): "
+                             f"{type(err).__name__}: {err}.") from None
+        raise ValueError(
+            f"{where}: {name} of size {crop} does not fit {received}: {err}. Use a size of at most {h}x{w}, or pad "
+            "(PadIfNeeded) or resize (Resize) before it."
+        ) from None
+    if out.ndim != 3 or out.shape[2] != channels or out.dtype != np.uint8:
+        raise ValueError(
+            f"{where}: {name} turns {received}, uint8 with {channels} channel(s), into an array of shape "
+            f"{out.shape} and dtype {out.dtype}; the model and the normalisation expect {channels} channel(s) of "
+            "uint8. Remove it, or use a transform that keeps the channels."
+        )
+    return tuple(out.shape[:2])

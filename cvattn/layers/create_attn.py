@@ -17,6 +17,16 @@ from cvattn.checks import did_you_mean
 from cvattn.layers.cbam import CbamModule, ChannelAttn, SpatialAttn
 from cvattn.layers.eca import EcaModule
 from cvattn.layers.se import SEModule
+from cvattn.layers.bam import BamModule
+from cvattn.layers.ceca import CecaModule
+from cvattn.layers.coord_attn import CoordAttn
+from cvattn.layers.ese import EffectiveSEModule
+from cvattn.layers.gather_excite import GatherExcite
+from cvattn.layers.global_context import GlobalContext
+from cvattn.layers.light_cbam import LightCbamModule
+from cvattn.layers.non_local import NonLocalAttn
+from cvattn.layers.selective_kernel import SelectiveKernel
+from cvattn.layers.triplet import TripletAttention
 
 AttnLayer = Union[str, Callable[..., nn.Module], None]   # what a model's attn_layer accepts
 
@@ -30,6 +40,23 @@ _ATTN: dict[str, Callable[..., nn.Module]] = {
     "spatial_timm": partial(SpatialAttn, convention="timm"),
     "cbam": CbamModule,
     "cbam_timm": partial(CbamModule, convention="timm"),
+    "ese": EffectiveSEModule,
+    "ceca": CecaModule,
+    "ge": GatherExcite,
+    "ge_timm": partial(GatherExcite, convention="timm"),
+    "gc": GlobalContext,
+    "gc_timm": partial(GlobalContext, convention="timm"),
+    "gca": partial(GlobalContext, fuse_add=True, fuse_scale=False),
+    "gca_timm": partial(GlobalContext, fuse_add=True, fuse_scale=False, convention="timm"),
+    "coord": CoordAttn,
+    "coord_timm": partial(CoordAttn, convention="timm"),
+    "nl": NonLocalAttn,
+    "nl_timm": partial(NonLocalAttn, convention="timm"),
+    "sk": SelectiveKernel,
+    "sk_timm": partial(SelectiveKernel, convention="timm"),
+    "lcbam": LightCbamModule,
+    "bam": BamModule,
+    "triplet": TripletAttention,
 }
 _NONE = ("none", "")
 

@@ -16,11 +16,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from cvattn.checks import did_you_mean
+from cvattn.contracts import AttentionReader
 from cvattn.saliency import methods  # noqa: F401  (registers every method)
+from cvattn.saliency.adapters import adapt, expected_channels
 from cvattn.saliency.registry import METHODS, available_methods
 from cvattn.saliency.runtime import TargetType, inspection_mode, normalise, resolve_targets, unwrap
 
-BASELINES = ("random", "center")
+BASELINES = ("random", "center", "brightness")
 
 
 def default_methods(model: nn.Module) -> list[str]:
@@ -34,7 +36,8 @@ def saliency(model: nn.Module, images: torch.Tensor, method: str = "gradcam", ta
 
     Args:
         model: a network from ``cvattn.models`` (or any classifier for ``'gradcam'``), an ``ImageClassifier`` or a
-            ``RAMModule``.
+            ``RAMModule``; or a timm, torchvision or Hugging Face classifier (``cvattn.saliency.adapters``), left
+            exactly as it was.
         method: see ``available_methods(model)``: native ``'spatial_gate'``, ``'channel_gate'``, ``'attention'``,
             ``'rollout'``, ``'grad_rollout'``, ``'glimpses'``; ``'gradcam'``, ``'gradcam++'``; baselines
             ``'random'``, ``'center'``.
@@ -42,7 +45,7 @@ def saliency(model: nn.Module, images: torch.Tensor, method: str = "gradcam", ta
         options: method options: ``blocks`` (gates), ``layer`` (Grad-CAM), ``scale`` (glimpses), ``seed``
             (random), ``sigma`` (center).
     """
-    model = unwrap(model)
+    model = adapt(unwrap(model))
     fn = _resolve_method(model, method)
     _check_options(method, fn, options)
     _check_images(model, images)
@@ -82,7 +85,9 @@ def _check_images(model: nn.Module, images: torch.Tensor) -> None:
         described = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
         raise ValueError(f"images must be a float tensor (B, C, H, W), normalised as the model was trained; got "
                          f"{described}{' of ' + str(images.dtype) if isinstance(images, torch.Tensor) else ''}.")
-    in_chans = getattr(model, "in_chans", None)
+    in_chans = expected_channels(model)
     if in_chans is not None and images.shape[1] != in_chans:
         raise ValueError(f"{type(model).__name__} takes {in_chans}-channel images; got {images.shape[1]} channels "
                          f"(images of shape {tuple(images.shape)}).")
+    if isinstance(model, AttentionReader):
+        model.grid_size_for(images.shape[-2:])      # a ValueError naming the sizes the model takes

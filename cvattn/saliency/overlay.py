@@ -3,6 +3,7 @@
 - ``overlay``: an image with its map blended on top, as a uint8 RGB array.
 - ``saliency_grid``: one row per image: the image (class and probability in the title, the object box if given),
   then map | overlay for each method.
+- ``overlay_row``: one image, then its overlay for each method (a photo as the model saw it).
 - ``draw_glimpses``: a RAM's glimpse path on an axes, one numbered box per step.
 """
 from __future__ import annotations
@@ -96,6 +97,28 @@ def saliency_grid(
                 axes[row, 1 + 2 * col].set_title(f"{method}\nmap", fontsize=8)
                 axes[row, 2 + 2 * col].set_title(f"{method}\noverlay", fontsize=8)
     for ax in axes.flat:
+        ax.set_axis_off()
+    return figure
+
+
+def overlay_row(image: ArrayLike, maps_by_method: dict[str, ArrayLike], title: str = "",
+                mean: Sequence[float] | None = None, std: Sequence[float] | None = None, alpha: float = 0.5,
+                cmap: str = "jet", inches: float = 2.6) -> Figure:
+    """Figure of one row: ``image`` (C, H, W) titled ``title``, then its overlay for each method ``{name: (H, W)}``.
+
+    ``mean``/``std``: to show the model's normalised input as the picture it was made from.
+    """
+    if not maps_by_method:
+        raise ValueError("maps_by_method is empty: give at least one {method: (H, W) map}.")
+    cols = 1 + len(maps_by_method)
+    figure = Figure(figsize=(inches * cols, inches + 0.4), layout="constrained")
+    axes = figure.subplots(1, cols, squeeze=False)[0]
+    axes[0].imshow(to_rgb(image, mean, std))
+    axes[0].set_title(title, fontsize=9)
+    for ax, (method, heat) in zip(axes[1:], maps_by_method.items()):
+        ax.imshow(overlay(image, heat, alpha, cmap, mean, std))
+        ax.set_title(method, fontsize=9)
+    for ax in axes:
         ax.set_axis_off()
     return figure
 

@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 
 from cvattn.contracts import AttentionReader, GlimpseModel
-from cvattn.layers import attention_blocks
+from cvattn.saliency.adapters import adapt, attention_kind
 
 MethodFn = Callable[..., torch.Tensor]
 
@@ -45,7 +45,9 @@ def register_method(name: str, applies: Callable[[nn.Module], bool], needs: str)
 
 
 def available_methods(model: nn.Module) -> list[str]:
-    """Names of the saliency methods that apply to ``model`` (a bare network), in registration order."""
+    """Names of the saliency methods that apply to ``model`` (a bare network: cvattn's, or a timm, torchvision or
+    Hugging Face classifier, seen through ``cvattn.saliency.adapters.adapt``), in registration order."""
+    model = adapt(model)
     return [name for name, method in METHODS.items() if method.applies(model)]
 
 
@@ -53,8 +55,9 @@ def available_methods(model: nn.Module) -> list[str]:
 # gets the methods its capabilities allow without editing this file.
 
 def gate_blocks(model: nn.Module, kind: str) -> dict[str, nn.Module]:
-    """The model's attention blocks (``cvattn.contracts.AttentionBlock``) whose gate is of ``kind``, by path."""
-    return {path: block for path, block in attention_blocks(model).items() if block.attn_kind == kind}
+    """The model's attention blocks whose gate is of ``kind``, by path: cvattn's
+    (``cvattn.contracts.AttentionBlock``) and other libraries' known ones (``adapters.FOREIGN_ATTENTION_BLOCKS``)."""
+    return {path: block for path, block in model.named_modules() if attention_kind(block) == kind}
 
 
 def has_spatial_gates(model: nn.Module) -> bool:

@@ -4,11 +4,19 @@
 - ``'center'``: a Gaussian centred on the image, std ``sigma`` × the image side. Its argmax is the centre, so its
   pointing game is the centre-point baseline of Zhang et al. (ECCV 2016, "Top-down Neural Attention by
   Excitation Backprop"), which the pointing game must always be reported beside.
+- ``'brightness'``: the input itself, no model: the channel mean of the image as given (the model's normalised
+  input), box-blurred with a ``window`` × ``window`` mean (default the odd number nearest 0.21 × the longer side
+  from below, 2·⌊0.105·side⌋ + 1: 21 px at 100 px, 13 at 60, 5 at 28; image borders average the pixels inside
+  only). On a single-object canvas the object is the largest bright thing, so this map already points at it
+  (cvattn's construction: a floor for "the map finds the object", which a map that explains the model must beat).
+  For one channel the normalised input is an increasing affine function of the brightness, so after min-max the
+  map is that of the raw brightness; for several channels it is the mean of the per-channel standardised values.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from cvattn.saliency.registry import any_model, register_method
 
@@ -28,3 +36,20 @@ def center_map(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, si
     xs = (torch.arange(width, device=images.device) + 0.5 - width / 2) / (sigma * width)
     gaussian = torch.exp(-0.5 * (ys[:, None] ** 2 + xs[None, :] ** 2))          # (H, W)
     return gaussian.expand(images.shape[0], -1, -1)
+
+
+def brightness_window(image_size: tuple[int, int]) -> int:
+    """The default blur window of ``'brightness'``: 2·⌊0.105·side⌋ + 1 for the longer side (21 at 100 px)."""
+    return 2 * int(0.105 * max(image_size)) + 1
+
+
+@register_method("brightness", any_model, "nothing")
+def brightness_map(model: nn.Module, images: torch.Tensor, targets: torch.Tensor,
+                   window: int | None = None) -> torch.Tensor:
+    window = brightness_window(images.shape[-2:]) if window is None else window
+    if not isinstance(window, int) or isinstance(window, bool) or window < 1 or window % 2 == 0:
+        raise ValueError(f"window (the side of the box blur, in pixels) must be a positive odd integer, got "
+                         f"{window!r}.")
+    intensity = images.detach().mean(1, keepdim=True)                           # (B, 1, H, W)
+    blurred = F.avg_pool2d(intensity, window, stride=1, padding=window // 2, count_include_pad=False)
+    return blurred[:, 0]                                                         # (B, H, W)

@@ -7,6 +7,9 @@
   output (x·g). A CAM-style map with the gate in place of the classifier weights; the papers show gate
   statistics, not maps, so this is cvattn's construction.
 
+Blocks are cvattn's (found by ``cvattn.contracts.AttentionBlock``) or other libraries' known ones (timm's SE, ECA,
+CBAM; ``cvattn.saliency.adapters.FOREIGN_ATTENTION_BLOCKS``).
+
 ``blocks``: which attention blocks, as module paths or path prefixes (``'stages.1'``, ``['stages.2.0.attn']``);
 by default those in the last stage (``feature_info[-1]['module']``), else the last block.
 """
@@ -19,7 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cvattn.layers import capture_attention
+from cvattn.saliency.adapters import attention_gate
 from cvattn.saliency.registry import gate_blocks, has_channel_gates, has_spatial_gates, register_method
 
 
@@ -48,9 +51,19 @@ def _upsampled_mean(maps: list[torch.Tensor], size: tuple[int, int]) -> torch.Te
 def spatial_gate(model: nn.Module, images: torch.Tensor, targets: torch.Tensor,
                  blocks: str | Sequence[str] | None = None) -> torch.Tensor:
     paths = select_blocks(model, "spatial", blocks)
-    with torch.no_grad(), capture_attention(model) as gates:
+    gates = {}
+
+    def keep(path: str):
+        def hook(_module, _inputs, output):
+            gates[path] = output[:, 0]                          # (B, 1, h, w) → (B, h, w)
+        return hook
+
+    with torch.no_grad(), ExitStack() as stack:
+        for path in paths:
+            gate = attention_gate(model.get_submodule(path))
+            stack.callback(gate.register_forward_hook(keep(path)).remove)
         model(images)
-    return _upsampled_mean([gates[path][:, 0] for path in paths], images.shape[-2:])   # (B, H, W)
+    return _upsampled_mean([gates[path] for path in paths], images.shape[-2:])   # (B, H, W)
 
 
 @register_method("channel_gate", has_channel_gates, "channel attention gates (SE, ECA or CBAM blocks)")
