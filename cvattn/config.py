@@ -309,6 +309,7 @@ def build_from_config(config: str | os.PathLike) -> tuple[L.LightningModule, L.L
         raise ValueError(f"Config {str(config)!r} needs 'model' and 'data' sections, as train.py configs have.")
     for name in ("model", "data"):  # a section given as a file (configs/_base/...) is relative to the config
         if isinstance(sections[name], str):
+            check_config_file(str(path.parent / sections[name]))
             sections[name] = yaml.safe_load((path.parent / sections[name]).read_text())
     args = {"model": sections["model"], "data": sections["data"],
             "trainer": {"logger": False, "enable_progress_bar": False, "enable_model_summary": False}}
