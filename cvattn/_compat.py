@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import csv
 import re
+from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -21,9 +22,9 @@ JSONARGPARSE_PIN = "jsonargparse==4.53.0"
 
 __all__ = ["LIGHTNING_PIN", "JSONARGPARSE_PIN", "rank_zero_experiment", "ExperimentWriter", "MetricsKeepingWriter",
            "open_csv_experiment", "constructor_error",
-           "saves_on_train_epoch_end", "skips_saving", "save_last_checkpoint", "parser_actions",
+           "saves_on_train_epoch_end", "skips_saving", "every_n_train_steps", "save_last_checkpoint", "parser_actions",
            "UNKNOWN_KEY", "CLASS_PATH", "PARSER_KEY", "MISSING_CLASS", "BAD_VALUE", "UNRECOGNIZED", "MISSING_FILE",
-           "NOT_YAML", "YAML_POSITION", "GIVEN_VALUE"]
+           "NOT_YAML", "YAML_POSITION", "GIVEN_VALUE", "UNION_VALUE", "UNEXPECTED_CONFIG"]
 
 
 # --- Lightning's CSV logger (lightning==2.6.6) -----------------------------------------------------------------------
@@ -32,15 +33,28 @@ __all__ = ["LIGHTNING_PIN", "JSONARGPARSE_PIN", "rank_zero_experiment", "Experim
 # experiment on ranks other than 0).
 
 class MetricsKeepingWriter(ExperimentWriter):
-    """``ExperimentWriter`` that keeps an existing metrics.csv (its rows come first at the next save) instead of
-    deleting it. Relies on ``ExperimentWriter.__init__(log_dir)`` calling ``self._check_log_dir_exists()`` after
-    setting ``_fs``, ``metrics_file_path`` and ``metrics`` and before making the directory (lightning==2.6.6)."""
+    """``ExperimentWriter`` that appends to an existing metrics.csv instead of deleting it: the file stays as it is
+    until the first save, which appends (or, with new columns, rewrites it with the old rows first). With
+    ``forget_from_step`` set (a resumed run), that first save first drops the rows logged at or after that step, which
+    the resumed run logs again: the run's records change only once training has resumed and logged.
+
+    Relies on ``ExperimentWriter.__init__(log_dir)`` calling ``self._check_log_dir_exists()`` after setting ``_fs``,
+    ``metrics_file_path``, ``metrics`` and ``metrics_keys``, and on ``save()`` appending under ``metrics_keys`` when
+    the file exists (lightning==2.6.6)."""
+
+    forget_from_step: int | None = None
 
     def _check_log_dir_exists(self) -> None:
         if self._fs.isfile(self.metrics_file_path):
             with self._fs.open(self.metrics_file_path, "r", newline="") as file:
-                self.metrics = [{k: v for k, v in row.items() if v != ""} for row in csv.DictReader(file)]
-            self._fs.rm_file(self.metrics_file_path)   # rewritten whole, old rows first, at the next save
+                self.metrics_keys = list(csv.DictReader(file).fieldnames or [])
+
+    def save(self) -> None:
+        if self.metrics and self.forget_from_step is not None:
+            from cvattn.runs import forget_metrics_from
+            forget_metrics_from(Path(self.metrics_file_path), self.forget_from_step)
+            self.forget_from_step = None
+        super().save()
 
 
 def open_csv_experiment(logger: CSVLogger, writer: type[ExperimentWriter]) -> ExperimentWriter:
@@ -65,6 +79,11 @@ def skips_saving(callback: ModelCheckpoint, trainer: L.Trainer) -> bool:
     """Whether nothing may be saved now: fast_dev_run, not fitting, sanity check, or this step already saved
     (``ModelCheckpoint._should_skip_saving_checkpoint(trainer)``)."""
     return callback._should_skip_saving_checkpoint(trainer)
+
+
+def every_n_train_steps(callback: ModelCheckpoint) -> int:
+    """The callback's ``every_n_train_steps`` (``ModelCheckpoint._every_n_train_steps``, 0 when unset)."""
+    return callback._every_n_train_steps or 0
 
 
 def save_last_checkpoint(callback: ModelCheckpoint, trainer: L.Trainer) -> None:
@@ -111,3 +130,9 @@ YAML_POSITION = re.compile(r'\s*in "<unicode string>", (line \d+, column \d+)')
 # Where jsonargparse starts echoing the whole value it was given, which the one paragraph leaves out.
 GIVEN_VALUE = re.compile(r"\n\s*Given value")
 
+# A value none of a Union's types accepts: 'Parser key "trainer.precision": Does not validate against any of the
+# Union subtypes  Subtypes: [typing.Literal[64, 32, 16], ...] Errors: ... Given value: 17'.
+UNION_VALUE = re.compile(r'Parser key "([\w.]+)":\s+Does not validate against any of the Union subtypes\s+'
+                         r'Subtypes: \[(.*?)\]\s+Errors:.*Given value: (.*)', re.DOTALL)
+# A config file that holds no mapping (an empty file): "Unexpected config: ", matched at the start.
+UNEXPECTED_CONFIG = re.compile(r"Unexpected config")

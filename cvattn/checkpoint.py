@@ -25,7 +25,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_warn
 
-from cvattn._compat import save_last_checkpoint, saves_on_train_epoch_end, skips_saving
+from cvattn._compat import every_n_train_steps, save_last_checkpoint, saves_on_train_epoch_end, skips_saving
 from cvattn.checks import state_dict_mismatch
 
 _UNREADABLE = "{path!r} is not a readable PyTorch checkpoint (truncated, or not a file that torch.save wrote)."
@@ -36,6 +36,10 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Checkpoint {str(path)!r} does not exist (or is not a file).")
+    if not os.access(path, os.R_OK):
+        raise PermissionError(f"Checkpoint {str(path)!r} cannot be read: permission denied (mode "
+                              f"{path.stat().st_mode & 0o777:o}). Ask its owner to make it readable, e.g. "
+                              f"chmod a+r {path}.")
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
@@ -46,6 +50,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
                 f"load checkpoints written by cvattn/Lightning or plain state_dicts."
             ) from None
         raise ValueError(_UNREADABLE.format(path=str(path))) from None
+    except PermissionError:
+        raise PermissionError(f"Checkpoint {str(path)!r} cannot be read: permission denied.") from None
     except Exception:  # a truncated or foreign file fails in the zip reader or the unpickler, with many types
         raise ValueError(_UNREADABLE.format(path=str(path))) from None
     if not isinstance(checkpoint, dict):
@@ -53,14 +59,23 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
     return checkpoint
 
 
+def _umask_mode() -> int:
+    """The mode a new file gets from ``open()`` under the current umask (0644 under umask 022)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Write through a temporary file and ``os.replace``; load with ``weights_only=True``."""
+    """Write through a temporary file and ``os.replace``; load with ``weights_only=True``. The file gets the mode
+    ``open()`` would give it (``tempfile.mkstemp`` makes 0600, unreadable to a serving process of another user)."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any = None) -> None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         try:
+            os.fchmod(fd, _umask_mode())
             with os.fdopen(fd, "wb") as file:
                 torch.save(checkpoint, file)
                 file.flush()
@@ -81,8 +96,17 @@ class LastCheckpoint(ModelCheckpoint):
     step, so with a monitored metric ``last.ckpt`` is the best epoch, and ``--ckpt_path last`` silently dropped every
     epoch trained since (found in a 100-epoch run: epochs 51-54 missing from ``last.ckpt``). This restores the
     earlier meaning: after each validation (or each training epoch, when the callback saves there) the newest state
-    is in ``last.ckpt``. Under ``fast_dev_run`` it saves nothing. The same arguments as ``ModelCheckpoint``.
+    is in ``last.ckpt``. With ``every_n_train_steps`` it is also written every that many steps even before the first
+    validation, when the monitored metric has no value yet and Lightning skips the save (a kill at step 550 with
+    ``every_n_train_steps: 50`` lost all 550). Under ``fast_dev_run`` it saves nothing. The same arguments as
+    ``ModelCheckpoint``.
     """
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args, **kwargs) -> None:
+        super().on_train_batch_end(trainer, pl_module, *args, **kwargs)
+        every = every_n_train_steps(self)
+        if every >= 1 and trainer.global_step % every == 0:
+            self._save_last_if_missed(trainer)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_validation_end(trainer, pl_module)
@@ -108,7 +132,8 @@ class LastCheckpoint(ModelCheckpoint):
 
 def check_checkpoint_fits(checkpoint: dict[str, Any], module: nn.Module, path: str | os.PathLike) -> None:
     """``ValueError`` naming the missing, unexpected and reshaped keys if ``checkpoint`` (read from ``path``) cannot
-    restore ``module``."""
+    restore ``module``, or naming the optimiser or schedule if the checkpoint's were another (Lightning would fail
+    on the optimiser's state only once training starts, e.g. with ``KeyError: 'step'``)."""
     if "state_dict" not in checkpoint:
         raise ValueError(f"{str(path)!r} is a plain dict (keys {sorted(checkpoint)[:5]}), not a checkpoint written by "
                          f"train.py; --ckpt_path needs a Lightning checkpoint (with 'state_dict', optimiser and loop "
@@ -118,6 +143,13 @@ def check_checkpoint_fits(checkpoint: dict[str, Any], module: nn.Module, path: s
         origin = f" (it was trained as {trained_as!r})" if isinstance(trained_as, str) else ""
         raise ValueError(f"Checkpoint {str(path)!r} does not fit the configured model{origin}: {problems}. "
                          f"Resume with the config that wrote it, or train from scratch without --ckpt_path.")
+    saved, configured = checkpoint.get("hyper_parameters") or {}, getattr(module, "hparams", {})
+    for name in ("optimizer", "scheduler"):
+        if name in saved and name in configured and saved[name] != configured[name]:
+            raise ValueError(f"Checkpoint {str(path)!r} was trained with {name} {saved[name]!r}, the config asks for "
+                             f"{configured[name]!r}: its {name} state cannot be resumed into another {name}. Resume "
+                             f"with --model.init_args.{name} {saved[name]}, or start from its weights in a new run "
+                             f"without --ckpt_path.")
 
 
 class ExactResume(L.Callback):

@@ -4,18 +4,23 @@
 
 Every key of the YAML can be overridden on the command line. ``data.num_classes`` and ``data.in_chans`` are linked
 into the model, so a config states them once (in the datamodule). Runs log to ``runs/<config name>/version_N``
-(CSV metrics, the resolved config, ``checkpoints/`` with the best and the last checkpoint); the ``checkpoint``
+(``run.json``: the config file and the hash of its experiment; CSV metrics, the resolved config, ``checkpoints/``
+with the best and the last checkpoint; a config whose stem another config file already uses gets
+``runs/<stem>-<hash of its path>``, see ``cvattn.runs``); the ``checkpoint``
 section configures that ``ModelCheckpoint`` (``cvattn.checkpoint.LastCheckpoint``, whose ``last.ckpt`` is always the
 newest state), e.g. ``checkpoint: {every_n_train_steps: 500}``. With ``--trainer.logger false`` a run still gets its
 ``version_N``, for the config and the checkpoints; ``--trainer.fast_dev_run true`` writes nothing.
 
 ``--ckpt_path last`` resumes from the newest ``version_N`` of the config that holds a ``last.ckpt`` and goes on
-logging into it; on CPU the resumed run ends bitwise where an uninterrupted one would (docs/distributed.md).
+logging into it, after checking that the run is of the same experiment and that the checkpoint fits the model,
+optimiser and schedule; the run's metrics.csv and config.yaml change only once training has resumed. On CPU the
+resumed run ends bitwise where an uninterrupted one would (docs/distributed.md).
 A run stopped by SIGTERM (a scheduler's time limit) says so and exits with 143, not 0.
 The configs run unchanged on several devices: ``--trainer.devices 4 --trainer.strategy ddp``.
 
 Bad input (malformed YAML, an unknown key, a bad value, a missing or foreign file, an unwritable run directory)
-ends with one ``error: ...`` paragraph on stderr and exit code 1, and leaves no half-made run directory behind.
+ends with one ``error: ...`` paragraph on stderr and exit code 1, and leaves no half-made run directory behind: a
+failed run without a checkpoint removes exactly the folders it created, never one that existed before.
 
 The parts live in library modules: the parser and its trainer defaults in ``cvattn.config``, the run directories in
 ``cvattn.runs``, the checkpoint files and callbacks in ``cvattn.checkpoint``, the CSV logger in
@@ -32,7 +37,8 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException, SI
 
 from cvattn.checkpoint import check_checkpoint_fits, load_checkpoint
 from cvattn.config import build_cli
-from cvattn.runs import check_writable, forget_metrics_from, remove_partial_run
+from cvattn.lightning.loggers import ContinuingCSVLogger
+from cvattn.runs import check_writable, first_missing, remove_partial_run, write_run_record
 
 # Errors that mean "the input is wrong", reported as one paragraph; anything else is a bug and keeps its traceback.
 INPUT_ERRORS = (ValueError, OSError, FloatingPointError, MisconfigurationException)
@@ -47,15 +53,18 @@ def main(argv: list[str] | None = None) -> None:
     trainer = cli.trainer
     # No run directory of its own (fast_dev_run): the root dir, where nothing is written.
     run_dir = Path(trainer.log_dir or trainer.default_root_dir)
-    resuming = run_dir.exists()
+    created = first_missing(run_dir)   # what this run creates, and all that a failure may remove
     try:
         check_writable(run_dir)
         ckpt_path = cli.config.get("ckpt_path")
         if ckpt_path is not None:
             checkpoint = load_checkpoint(ckpt_path)
             check_checkpoint_fits(checkpoint, cli.model, ckpt_path)
-            if resuming:
-                forget_metrics_from(run_dir / "metrics.csv", checkpoint["global_step"])
+            if created is None and isinstance(trainer.logger, ContinuingCSVLogger):
+                # Rows from the checkpoint's step on are logged again; dropped at the resumed run's first row.
+                trainer.logger.forget_from_step = checkpoint["global_step"]
+        if created is not None and trainer.is_global_zero:
+            write_run_record(run_dir, cli.config_file, cli.experiment)
         try:
             trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt_path)
         except SIGTERMException:
@@ -72,8 +81,8 @@ def main(argv: list[str] | None = None) -> None:
         last = checkpoint.last_model_path if checkpoint is not None else ""
         trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=best or None)
     except INPUT_ERRORS as err:
-        if trainer.is_global_zero and not resuming:
-            remove_partial_run(run_dir)
+        if trainer.is_global_zero:
+            remove_partial_run(run_dir, created)
         _fail(err)
     if trainer.is_global_zero:   # rank 0 wrote the files; no collective here, rank 1 may have exited
         _report(best, last, run_dir / "metrics.csv")

@@ -96,23 +96,33 @@ def test_newest_last_checkpoint_skips_runs_without_one(tmp_path):
     assert newest_last_checkpoint(tmp_path) == (2, tmp_path / "version_2" / "checkpoints" / "last.ckpt")
 
 
-def test_failed_run_leaves_no_empty_run_directory(tmp_path, monkeypatch):
-    from cvattn.runs import remove_partial_run
+def test_failed_run_removes_only_what_it_created(tmp_path, monkeypatch):
+    from cvattn.runs import first_missing, remove_partial_run
     kept = tmp_path / "runs" / "a" / "version_0"
+    created = first_missing(kept)
     (kept / "checkpoints").mkdir(parents=True)
     (kept / "checkpoints" / "last.ckpt").touch()
-    remove_partial_run(kept)
+    remove_partial_run(kept, created)
     assert (kept / "checkpoints" / "last.ckpt").exists()          # a checkpoint is kept for --ckpt_path last
     partial = tmp_path / "runs" / "b" / "version_0"
+    created = first_missing(partial)
+    assert created == tmp_path / "runs" / "b"
     partial.mkdir(parents=True)
     (partial / "config.yaml").touch()
-    remove_partial_run(partial)
+    remove_partial_run(partial, created)
     assert not (tmp_path / "runs" / "b").exists() and (tmp_path / "runs" / "a").exists()
     empty = tmp_path / "empty"
-    (empty / "runs" / "c" / "version_0").mkdir(parents=True)
+    (empty / "mine").mkdir(parents=True)                  # the user's own folder, given as save_dir
     monkeypatch.chdir(empty)
-    remove_partial_run(Path("runs/c/version_0"))         # relative, as train.py's run directories are
-    assert empty.is_dir() and not any(empty.iterdir())   # up to the working directory, not past it
+    run = Path("mine/c/version_0")                        # relative, as train.py's run directories are
+    created = first_missing(run)
+    run.mkdir(parents=True)
+    remove_partial_run(run, created)
+    assert Path("mine").is_dir() and not any(Path("mine").iterdir())   # what existed before stays
+    existing = Path("mine/d/version_0")
+    existing.mkdir(parents=True)
+    remove_partial_run(existing, first_missing(existing))  # nothing created: nothing removed
+    assert existing.is_dir()
 
 
 def _files(root: Path) -> set[str]:

@@ -76,7 +76,30 @@ def test_metrics_keeping_writer_puts_the_old_rows_first(tmp_path):
     with metrics.open(newline="") as file:
         rows = list(csv.DictReader(file))
     assert [(row["step"], row["train/loss"]) for row in rows] == [("0", "2.5"), ("1", "2.25"), ("2", "2.0")], \
-        _moved("ExperimentWriter.save no longer writes self.metrics whole", _compat.LIGHTNING_PIN)
+        _moved("ExperimentWriter.save no longer appends under metrics_keys", _compat.LIGHTNING_PIN)
+
+
+def test_metrics_keeping_writer_keeps_the_file_until_it_saves_then_forgets_and_adds_columns(tmp_path):
+    metrics = tmp_path / "metrics.csv"
+    old = "epoch,step,train/loss\n0,0,2.5\n0,1,2.25\n0,2,2.1\n0,2,\n"
+    metrics.write_text(old)
+    writer = _compat.MetricsKeepingWriter(log_dir=str(tmp_path))
+    writer.forget_from_step = 2
+    assert metrics.read_text() == old                       # a resume that fails now leaves it as it was
+    writer.log_metrics({"train/loss": 2.0, "val/acc": 0.5, "epoch": 0}, step=2)
+    writer.save()
+    with metrics.open(newline="") as file:
+        rows = list(csv.DictReader(file))
+    assert [(row["step"], row["train/loss"], row["val/acc"]) for row in rows] == \
+        [("0", "2.5", ""), ("1", "2.25", ""), ("2", "2.0", "0.5")], \
+        _moved("ExperimentWriter.save no longer rewrites the file with a new header", _compat.LIGHTNING_PIN)
+
+
+def test_model_checkpoint_keeps_every_n_train_steps():
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    assert _compat.every_n_train_steps(ModelCheckpoint(every_n_train_steps=50)) == 50
+    assert _compat.every_n_train_steps(ModelCheckpoint()) == 0, \
+        _moved("ModelCheckpoint._every_n_train_steps", _compat.LIGHTNING_PIN)
 
 
 def test_rank_zero_experiment_is_the_decorator_csv_logger_uses():
@@ -214,3 +237,34 @@ def test_a_constructors_error_is_the_cause_of_jsonargparses_report(config, monke
     assert isinstance(error, ValueError) and str(error) == "lr must be > 0, got 0.0.", _moved(
         f"jsonargparse no longer raises a constructor's error as the cause of its own: {raised.value!r}",
         _compat.JSONARGPARSE_PIN)
+
+
+def test_a_value_no_type_of_a_union_accepts(config, monkeypatch):
+    message = raw_parse_error(config, "--trainer.precision", "17", monkeypatch=monkeypatch)
+    found = _compat.UNION_VALUE.search(message)
+    assert found and found.group(1) == "trainer.precision" and "Literal[64, 32, 16]" in found.group(2) and \
+        found.group(3).strip() == "17", _moved(f"the Union error reads {message!r}", _compat.JSONARGPARSE_PIN)
+
+
+def test_an_empty_config(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("cvattn.config.check_config_file", lambda path: None)   # which names the file first
+    message = raw_parse_error("", monkeypatch=monkeypatch)
+    assert _compat.UNEXPECTED_CONFIG.match(message), _moved(f"the empty-config error reads {message!r}",
+                                                            _compat.JSONARGPARSE_PIN)
+
+
+def test_jsonargparse_loads_configs_through_the_mode_loader(tmp_path, monkeypatch):
+    """The YAML alias bound sits in the loader of cvattn's parser mode: a --config file goes through it."""
+    import jsonargparse
+
+    import cvattn.config
+    seen, load = [], cvattn.config._YAML_LOAD
+    monkeypatch.setattr(cvattn.config, "_YAML_LOAD", lambda stream: seen.append(stream) or load(stream))
+    (tmp_path / "c.yaml").write_text("trainer: &t {max_epochs: 1}\n")
+    parser = jsonargparse.ArgumentParser(parser_mode=cvattn.config.BOUNDED_YAML, exit_on_error=False)
+    parser.add_argument("--config", action=jsonargparse.ActionConfigFile)
+    parser.add_argument("--trainer", type=dict)
+    assert parser.parse_args(["--config", str(tmp_path / "c.yaml")]).trainer == {"max_epochs": 1}
+    assert any("max_epochs" in str(stream) for stream in seen), _moved(
+        "jsonargparse no longer reads --config files with the loader of its parser_mode", _compat.JSONARGPARSE_PIN)
