@@ -316,8 +316,11 @@ def build_from_config(config: str | os.PathLike) -> tuple[L.LightningModule, L.L
     with warnings.catch_warnings():
         # LightningCLI warns when `args` is given while sys.argv holds this program's own flags.
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+        # exit_on_error=False: a bad value is a ValueError naming it (the caller's error), not train.py's usage text
+        # printed under another program's name.
         cli = CvattnCLI(L.LightningModule, L.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
-                        run=False, save_config_callback=None, seed_everything_default=False, args=args)
+                        run=False, save_config_callback=None, seed_everything_default=False, args=args,
+                        parser_kwargs={"exit_on_error": False})
     return cli.model, cli.datamodule
 
 

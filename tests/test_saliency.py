@@ -626,6 +626,9 @@ def test_cli_streams_figures_batch_by_batch_and_a_failure_leaves_nothing(trained
     ("method for another family", r"--methods \['rollout'\] do not apply to ConvNet"),
     ("not a device", r"--device 'gpu0' is not a device; use cpu, cuda or cuda:N"),
     ("absent GPU", r"--device 'cuda:99': (CUDA is not available here|there are \d+ GPUs here)"),
+    ("mps", r"--device 'mps': this command runs on cpu or cuda \(cuda:N\), not on 'mps' devices"),
+    ("meta", r"--device 'meta': this command runs on cpu or cuda"),
+    ("bad value in the config", r"^error: Bad value for data\.init_args\.batch_size: expected a int, got 'ten'\.\n$"),
     ("more images than the test set", r"--num-images 20000 is more than the 10000 test images"),
     ("option of the other mode", r"--model, --random-weights are not for --checkpoint/--config"),
 ])
@@ -634,13 +637,18 @@ def test_cli_errors_leave_no_output(trained_run, tmp_path, capsys, case, message
     (tmp_path / "file").write_text("")
     out = tmp_path / "file" / "out" if case == "out under a file" else tmp_path / "out"
     methods = ["rollout"] if case == "method for another family" else ["gradcam"]
-    device = {"not a device": ["--device", "gpu0"], "absent GPU": ["--device", "cuda:99"],
+    config = trained_run / "config.yaml"
+    if case == "bad value in the config":
+        config = tmp_path / "bad.yaml"
+        config.write_text((trained_run / "config.yaml").read_text().replace("batch_size: ", "batch_size: ten #"))
+    device = {"not a device": ["--device", "gpu0"], "absent GPU": ["--device", "cuda:99"], "mps": ["--device", "mps"],
+              "meta": ["--device", "meta"],
               "more images than the test set": ["--num-images", "20000"],
               "option of the other mode": ["--model", "resnet18", "--random-weights"]}.get(case, [])
-    code = cli_main(["--checkpoint", str(trained_run / checkpoint), "--config", str(trained_run / "config.yaml"),
+    code = cli_main(["--checkpoint", str(trained_run / checkpoint), "--config", str(config),
                      "--out", str(out), "--methods", *methods, "--no-auc", *device])
     assert code == 2
-    assert re.search(message, capsys.readouterr().err)
+    assert re.search(message, capsys.readouterr().err, re.MULTILINE)
     assert not out.exists()
 
 

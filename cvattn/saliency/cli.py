@@ -63,6 +63,9 @@ def resolve_device(name: str | None) -> torch.device:
         device = torch.device(name)
     except RuntimeError:
         raise ValueError(f"--device {name!r} is not a device; use cpu, cuda or cuda:N.") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device {name!r}: this command runs on cpu or cuda (cuda:N), not on {device.type!r} "
+                         f"devices; use --device cpu.")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {name!r}: CUDA is not available here (torch {torch.__version__}); "
                          f"use --device cpu.")
