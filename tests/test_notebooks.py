@@ -17,6 +17,9 @@ EXPECTED = {
     "vit_attention.ipynb": (2, ["| grad_rollout |", "| center |"]),
     "ram_glimpses.ipynb": (2, ["Last glimpse centred on the object", "| glimpses |"]),
     "blocks_as_backbones.ipynb": (2, ["layer4.1.se.spatial", "methods for MyNet"]),
+    "explain_your_model.ipynb": (4, ["methods for the ViT: ['attention', 'rollout', 'grad_rollout', 'gradcam'",
+                                     "methods for ResNet-18: ['gradcam'", "Wrote 1 figure and index.html",
+                                     "'index.html'"]),
 }
 
 
