@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
+import torch.nn as nn
 import yaml
 from PIL import Image
 
@@ -60,3 +62,16 @@ def train(cwd: Path, *args: str, pythonpath: tuple[Path, ...] = (), env_extra: d
 def error_lines(stderr: str) -> list[str]:
     """The ``error: ...`` lines of a ``train.py`` run's stderr."""
     return [line for line in stderr.splitlines() if line.startswith("error:")]
+
+
+def randomise(module: nn.Module, seed: int = 0) -> nn.Module:
+    """Random weights and BN statistics (in eval mode), so that a parity test is no coincidence of the default
+    initialisation."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for tensor in list(module.parameters()) + [b for b in module.buffers() if b.is_floating_point()]:
+            tensor.copy_(torch.randn(tensor.shape, generator=gen) * 0.5)
+        for m in module.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_var.copy_(torch.rand(m.running_var.shape, generator=gen) + 0.5)
+    return module.eval()

@@ -19,21 +19,12 @@ from cvattn.contracts import AttentionBlock
 from cvattn.layers import (BamModule, GatherExcite, NonLocalAttn, SelectiveKernel, TripletAttention,
                            capture_attention, create_attn, get_attn)
 
+from helpers import randomise
+
 C = 64
 NEW_BLOCKS = ["ese", "ceca", "ge", "ge_timm", "gc", "gc_timm", "gca", "gca_timm", "coord", "coord_timm", "nl",
               "nl_timm", "sk", "sk_timm", "lcbam", "bam", "triplet"]
 
-
-def randomise(module: nn.Module, seed: int = 0) -> nn.Module:
-    """Random weights and BN statistics, so that parity is not a coincidence of the initialisation."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for tensor in list(module.parameters()) + [b for b in module.buffers() if b.is_floating_point()]:
-            tensor.copy_(torch.randn(tensor.shape, generator=gen) * 0.5)
-        for m in module.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_var.copy_(torch.rand(m.running_var.shape, generator=gen) + 0.5)
-    return module
 
 
 def _buildable_timm_gather_excite(monkeypatch):

@@ -11,17 +11,8 @@ import torch.nn as nn
 from cvattn.layers import (CbamModule, ChannelAttn, EcaModule, SEModule, SpatialAttn, capture_attention, create_attn,
                            eca_kernel_size, list_attn)
 
+from helpers import randomise
 
-def randomise(module: nn.Module, seed: int = 0) -> nn.Module:
-    """Random weights and BN statistics, so that parity is not a coincidence of the default init."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for tensor in list(module.parameters()) + [b for b in module.buffers() if b.is_floating_point()]:
-            tensor.copy_(torch.randn(tensor.shape, generator=gen) * 0.5)
-        for m in module.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_var.copy_(torch.rand(m.running_var.shape, generator=gen) + 0.5)
-    return module.eval()
 
 
 @pytest.fixture
