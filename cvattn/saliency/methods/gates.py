@@ -47,38 +47,36 @@ def _upsampled_mean(maps: list[torch.Tensor], size: tuple[int, int]) -> torch.Te
                         for m in maps]).mean(0)
 
 
-@register_method("spatial_gate", has_spatial_gates, "spatial attention gates (CBAM or 'spatial' blocks)")
+def _hooked_mean(model: nn.Module, images: torch.Tensor, modules: dict[str, nn.Module], reduce) -> torch.Tensor:
+    """One forward with a hook on each of ``modules`` turning its output into a (B, h, w) map by ``reduce``; the
+    maps' upsampled mean, (B, H, W)."""
+    maps = {}
+
+    def keep(path: str):
+        def hook(_module, _inputs, output):
+            maps[path] = reduce(output)
+        return hook
+
+    with torch.no_grad(), ExitStack() as stack:
+        for path, module in modules.items():
+            stack.callback(module.register_forward_hook(keep(path)).remove)
+        model(images)
+    return _upsampled_mean([maps[path] for path in modules], images.shape[-2:])
+
+
+@register_method("spatial_gate", has_spatial_gates, "spatial attention gates (CBAM, BAM, coordinate attention, … "
+                 "any attention block of kind 'spatial')")
 def spatial_gate(model: nn.Module, images: torch.Tensor, targets: torch.Tensor,
                  blocks: str | Sequence[str] | None = None) -> torch.Tensor:
-    paths = select_blocks(model, "spatial", blocks)
-    gates = {}
-
-    def keep(path: str):
-        def hook(_module, _inputs, output):
-            gates[path] = output.mean(1)       # (B, 1 or C, h, w) → (B, h, w): per-channel maps averaged
-        return hook
-
-    with torch.no_grad(), ExitStack() as stack:
-        for path in paths:
-            gate = attention_gate(model.get_submodule(path))
-            stack.callback(gate.register_forward_hook(keep(path)).remove)
-        model(images)
-    return _upsampled_mean([gates[path] for path in paths], images.shape[-2:])   # (B, H, W)
+    gates = {path: attention_gate(model.get_submodule(path)) for path in select_blocks(model, "spatial", blocks)}
+    # (B, 1 or C, h, w) → (B, h, w): per-channel-and-position weights averaged over channels
+    return _hooked_mean(model, images, gates, lambda output: output.mean(1))
 
 
-@register_method("channel_gate", has_channel_gates, "channel attention gates (SE, ECA or CBAM blocks)")
+@register_method("channel_gate", has_channel_gates, "channel attention gates (SE, ECA, CBAM, … any attention "
+                 "block of kind 'channel')")
 def channel_gate(model: nn.Module, images: torch.Tensor, targets: torch.Tensor,
                  blocks: str | Sequence[str] | None = None) -> torch.Tensor:
-    paths = select_blocks(model, "channel", blocks)
-    gated = {}
-
-    def keep(path: str):
-        def hook(_module, _inputs, output):
-            gated[path] = output.sum(1).relu()                  # Σ_c g_c·A_c, (B, h, w)
-        return hook
-
-    with torch.no_grad(), ExitStack() as stack:
-        for path in paths:
-            stack.callback(model.get_submodule(path).register_forward_hook(keep(path)).remove)
-        model(images)
-    return _upsampled_mean([gated[path] for path in paths], images.shape[-2:])
+    gated = {path: model.get_submodule(path) for path in select_blocks(model, "channel", blocks)}
+    # The block's output x·g summed over channels: Σ_c g_c·A_c, (B, h, w)
+    return _hooked_mean(model, images, gated, lambda output: output.sum(1).relu())
