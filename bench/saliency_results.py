@@ -1,20 +1,26 @@
-"""Do the models look at the object? Saliency metrics of trained models on cluttered Fashion-MNIST, as markdown.
+"""Do the maps explain the model? The saliency benchmark on cluttered 100×100 Fashion-MNIST, as markdown.
 
-    python bench/saliency_results.py --out docs/results_saliency.md [--epochs 30] [--models convnet2 cbam_convnet2 ...]
-        [--canvas-size 60] [--eval-batches 10] [--pixels-per-step 120] [--limit-train-batches 1.0]
-        [--limit-eval-batches 1.0] [--skip-training] [--accelerator auto]
-    # smoke run (minutes on a CPU): --epochs 1 --limit-train-batches 5 --limit-eval-batches 2 --eval-batches 1
-    #     --pixels-per-step 900 --models convnet2 vit ram
+    python bench/saliency_results.py --out results_saliency.md [--models convnet4 cbam_convnet4 vit ...]
+        [--train-objects 3 1] [--eval-batches 4] [--auc-batches 2] [--skip-training] [--accelerator auto]
+    # smoke run (minutes on a CPU): --models convnet4 --train-objects 3 --max-steps 20 --eval-batches 1
+    #     --auc-batches 0
 
-Each model is one ``train.py`` run (the command is printed, so any row can be reproduced alone) of
-``configs/ram_fashion_mnist_60_cluttered_convnet2.yaml`` (the CNNs, with ``attn_layer`` set, and the ViT) or
-``configs/ram_fashion_mnist_60_cluttered.yaml`` (the RAM); ``--skip-training`` reuses the newest run of each.
-The best-validation checkpoint is then loaded and ``cvattn.saliency.evaluate`` scores the model's default methods
-(``default_methods``: its native maps, gradcam and gradcam++) on the first ``--eval-batches`` test batches, beside
-the random, centre and brightness baselines: pointing game
-(mean over classes; tolerance 15 px at 224 px, scaled), energy in the box, deletion and insertion AUC (RISE).
-Definitions: docs/saliency.md. The AUCs dominate the scoring time: (H·W / pixels-per-step + 1) forwards per image,
-method and curve; the default 120 (two rows of a 60-pixel canvas) gives 31-point curves.
+Every model is trained by one ``train.py`` run (``train_command`` prints it, so any row can be reproduced alone):
+
+- **multi-object** (``--train-objects 3``): ``configs/saliency_fashion_mnist_100_multi.yaml``, three garments of
+  three different classes per canvas, multi-label classification. The same model is scored on canvases with 1, 2
+  and 3 garments; on k garments the map for each garment's class is judged against that garment's box
+  (class-conditional), so a map that ignores the class points at the right garment about 1/k of the time.
+- **single-object** (``--train-objects 1``): ``configs/saliency_fashion_mnist_100.yaml``, one garment per canvas,
+  softmax classification; scored on one-garment canvases only.
+
+For each model and each number of garments k, ``cvattn.saliency.evaluate`` scores the model's default methods (its
+native maps, gradcam and gradcam++) beside the model-free baselines (random, centre, brightness) on the first
+``--eval-batches`` test batches of 64, and scores every method again on ``randomised_copy(model)`` (every layer
+re-initialised): a method whose score does not drop there is not explaining the model on that metric. Accuracy is
+measured on the same canvases: top-1 on one garment, exact top-k (the k highest logits are the k classes present)
+on k garments. Deletion and insertion AUC (RISE) only on one-garment canvases (``--auc-batches``; they cost about
+H·W / pixels-per-step forwards per image and method).
 """
 from __future__ import annotations
 
@@ -25,88 +31,173 @@ import sys
 import time
 from pathlib import Path
 
+import torch
 
-from _common import ROOT, hardware, newest_run, test_accuracy
-from cvattn.saliency import evaluate
+from _common import ROOT, hardware
 from cvattn.checkpoint import load_weights
 from cvattn.config import build_from_config
+from cvattn.data import FashionMNISTDataModule
+from cvattn.saliency import BASELINES, evaluate, randomised_copy
+from cvattn.saliency.runtime import objects_of, unwrap
 
-CONV_CONFIG = "configs/ram_fashion_mnist_60_cluttered_convnet2.yaml"
-RAM_CONFIG = "configs/ram_fashion_mnist_60_cluttered.yaml"
-MODELS = ["convnet2", "se_convnet2", "eca_convnet2", "cbam_convnet2", "vit", "ram"]
+CONFIGS = {1: "configs/saliency_fashion_mnist_100.yaml", 3: "configs/saliency_fashion_mnist_100_multi.yaml"}
+MODELS = ["convnet4", "se_convnet4", "eca_convnet4", "cbam_convnet4", "vit", "ram"]
+# The ViT of the benchmark: 10×10 patches of the 100×100 canvas (100 tokens), small enough to train on a CPU.
+VIT_KWARGS = dict(img_size=100, patch_size=10, embed_dim=64, depth=4, num_heads=4)
+VIT_STEPS = 3000
 
 
-def overrides(name: str, canvas: int, width: int) -> tuple[str, list[str]]:
-    """(config, train.py overrides) of a model name for a ``canvas``-pixel canvas; ``width``: the CNNs' first block."""
-    data = ["--data.init_args.canvas_size", str(canvas), "--data.init_args.num_distractors",
-            str(4 if canvas <= 60 else 8)]
-    if name == "ram":
-        return RAM_CONFIG, data + ["--model.init_args.model", "ram_60" if canvas <= 60 else "ram_100"]
-    if name == "vit":
-        kwargs = dict(img_size=canvas, patch_size=canvas // 10, embed_dim=128, depth=6, num_heads=4)
-        return CONV_CONFIG, data + ["--model.init_args.model", "vit_tiny_patch4_28",
-                                    "--model.init_args.model_kwargs", json.dumps(kwargs),
-                                    "--model.init_args.weight_decay", "0.05"]
-    attn, _, base = name.rpartition("_")
-    if base != "convnet2":
-        raise ValueError(f"Unknown model {name!r}; accepted: {', '.join(MODELS)}.")
-    kwargs = {"width": width, **({"attn_layer": attn} if attn else {})}
-    return CONV_CONFIG, data + ["--model.init_args.model_kwargs", json.dumps(kwargs)]
+def trained_objects(objects: int) -> int:
+    """The garments per canvas of the model that is scored on ``objects`` garments: 1 → the single-object model
+    when asked for it, else the multi-object model (trained on 3)."""
+    if objects not in (1, 2, 3):
+        raise ValueError(f"objects must be 1, 2 or 3 (garments per canvas), got {objects!r}.")
+    return objects if objects == 1 else 3
+
+
+def run_name(model: str, objects: int) -> str:
+    """The ``runs/<name>`` of ``model`` trained on canvases of ``objects`` (1 or 3) garments."""
+    return f"saliency100_{model}_k{objects}"
+
+
+def train_command(model: str, objects: int) -> list[str]:
+    """The ``train.py`` command (without the interpreter) that trains ``model`` for scoring on ``objects``
+    garments per canvas."""
+    if model not in MODELS:
+        raise ValueError(f"Unknown model {model!r}; accepted: {', '.join(MODELS)}.")
+    trained = trained_objects(objects)
+    if model == "ram":
+        if trained != 1:
+            raise ValueError("The RAM classifies one object per canvas: there is no multi-object RAM; use objects=1.")
+        return ["train.py", "--config", "configs/ram_fashion_mnist_100_cluttered.yaml",
+                "--trainer.logger.init_args.name", run_name(model, 1)]
+    if model == "vit":
+        extra = ["--model.init_args.model", "vit_tiny_patch4_28", "--model.init_args.model_kwargs",
+                 json.dumps(VIT_KWARGS), "--model.init_args.lr", "1.0e-3", "--model.init_args.weight_decay", "0.05",
+                 "--trainer.max_steps", str(VIT_STEPS),
+                 "--trainer.precision", "32-true"]   # bf16 autocast makes this small ViT slower on a CPU
+    else:
+        attn = model.removesuffix("convnet4").rstrip("_")
+        extra = ["--model.init_args.model_kwargs", json.dumps({"attn_layer": attn} if attn else {})]
+    return ["train.py", "--config", CONFIGS[trained], *extra, "--trainer.logger.init_args.name", run_name(model, trained)]
+
+
+def best_checkpoint(model: str, objects: int) -> Path | None:
+    """The best-validation checkpoint of the newest run of ``train_command(model, objects)``, or None if it has
+    not been trained."""
+    runs = sorted((ROOT / "runs" / run_name(model, trained_objects(objects))).glob("version_*"),
+                  key=lambda path: int(path.name.split("_")[1]))
+    for run in reversed(runs):
+        checkpoints = sorted((run / "checkpoints").glob("epoch=*.ckpt"))
+        if checkpoints:
+            return checkpoints[-1]
+    return None
+
+
+def load(model: str, objects: int) -> tuple[torch.nn.Module, bool]:
+    """(the trained LightningModule in eval mode, whether it is multi-label)."""
+    checkpoint = best_checkpoint(model, objects)
+    if checkpoint is None:
+        raise FileNotFoundError(f"{model} (objects={objects}) is not trained: python {' '.join(train_command(model, objects))}")
+    module, _ = build_from_config(checkpoint.parents[1] / "config.yaml")
+    load_weights(module, checkpoint)
+    return module.eval(), type(module).__name__ == "MultiLabelClassifier"
+
+
+def test_data(objects: int) -> FashionMNISTDataModule:
+    data = FashionMNISTDataModule(data_dir=str(ROOT / "data"), batch_size=64, num_workers=0, canvas_size=100,
+                                  num_distractors=8, num_objects=objects)
+    data.prepare_data()
+    data.setup("test")
+    return data
+
+
+@torch.no_grad()
+def accuracy(model: torch.nn.Module, data, max_batches: int) -> float:
+    """Top-1 on one garment, exact top-k on k garments: the k highest logits are the k classes present."""
+    correct = total = 0
+    for index, batch in enumerate(data.test_dataloader()):
+        if index >= max_batches:
+            break
+        images, classes, _ = objects_of(batch)                                  # (B, C, H, W), (B, k), (B, k, 4)
+        top = unwrap(model)(images).topk(classes.shape[1], dim=1).indices       # (B, k)
+        correct += (top.sort(1).values == classes.sort(1).values).all(1).sum().item()
+        total += len(images)
+    return correct / total
+
+
+def score(model: str, trained: int, args) -> list[dict]:
+    module, multi_label = load(model, trained)
+    rows = []
+    for objects in ([1, 2, 3] if multi_label else [1]):
+        data = test_data(objects)
+        start = time.perf_counter()
+        acc = accuracy(module, data, args.eval_batches)
+        auc = objects == 1 and args.auc_batches > 0
+        trained_scores = evaluate(module, data, max_batches=args.eval_batches if not auc else args.auc_batches,
+                                  pixels_per_step=args.pixels_per_step, auc=auc)
+        if auc and args.eval_batches != args.auc_batches:   # the pointing game on all eval batches, AUCs on fewer
+            pointing = evaluate(module, data, max_batches=args.eval_batches, auc=False)
+            for method, values in trained_scores.items():
+                values.update({k: pointing[method][k] for k in ("pointing_game", "energy_in_box", "num_images")})
+        methods = [method for method in trained_scores if method not in BASELINES]
+        random_scores = evaluate(randomised_copy(module, seed=args.seed), data, methods=methods,
+                                 max_batches=args.eval_batches, auc=False)
+        print(f"{model} (trained on {trained}) on {objects} garment(s): acc {acc:.4f}, scored in "
+              f"{time.perf_counter() - start:.0f} s", flush=True)
+        for method, values in trained_scores.items():
+            rows.append(dict(model=model, trained=trained, objects=objects, acc=acc, method=method, **values,
+                             randomised=random_scores.get(method, {}).get("pointing_game")))
+    return rows
+
+
+def table(rows: list[dict]) -> list[str]:
+    lines = ["| model (trained on) | garments | acc (%) | method | pointing game (%) | randomised model (%) | "
+             "energy in box | deletion AUC ↓ | insertion AUC ↑ |",
+             "| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |"]
+    for row in rows:
+        randomised = "—" if row["randomised"] is None else f"{100 * row['randomised']:.1f}"
+        aucs = [f"{row[key]:.3f}" if key in row else "" for key in ("deletion_auc", "insertion_auc")]
+        lines.append(f"| {row['model']} ({row['trained']}) | {row['objects']} | {100 * row['acc']:.1f} | "
+                     f"{row['method']} | {100 * row['pointing_game']:.1f} | {randomised} | "
+                     f"{row['energy_in_box']:.3f} | {' | '.join(aucs)} |")
+    return lines
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--models", nargs="+", default=MODELS, choices=MODELS)
-    parser.add_argument("--epochs", type=int, default=30)
-    parser.add_argument("--canvas-size", type=int, default=60, choices=[60, 100])
-    parser.add_argument("--width", type=int, default=64, help="convnet2 width (64: about the RAM's size)")
-    parser.add_argument("--eval-batches", type=int, default=10, help="test batches of 64 scored per model")
-    parser.add_argument("--pixels-per-step", type=int, default=120, help="deletion/insertion step")
-    parser.add_argument("--limit-train-batches", default="1.0")
-    parser.add_argument("--limit-eval-batches", default="1.0", help="train.py's validation and test batches")
-    parser.add_argument("--skip-training", action="store_true")
+    parser.add_argument("--models", nargs="+", default=MODELS[:-1], choices=MODELS)
+    parser.add_argument("--train-objects", nargs="+", type=int, default=[3], choices=[1, 3],
+                        help="3: the multi-object models (scored on 1, 2 and 3 garments); 1: single-object models")
+    parser.add_argument("--eval-batches", type=int, default=4, help="test batches of 64 scored per model")
+    parser.add_argument("--auc-batches", type=int, default=2, help="of those, how many get deletion/insertion")
+    parser.add_argument("--pixels-per-step", type=int, default=500, help="deletion/insertion step (21 points)")
+    parser.add_argument("--max-steps", type=int, help="override the configs' training steps (smoke runs)")
+    parser.add_argument("--seed", type=int, default=0, help="of the randomised model")
+    parser.add_argument("--skip-training", action="store_true", help="score the newest trained run of each")
     parser.add_argument("--accelerator", default="auto")
     args = parser.parse_args()
 
     rows = []
-    for name in args.models:
-        config, extra = overrides(name, args.canvas_size, args.width)
-        run_name = f"saliency_{name}_{args.canvas_size}_e{args.epochs}"
-        command = [sys.executable, "train.py", "--config", config, *extra, "--trainer.max_epochs", str(args.epochs),
-                   "--trainer.limit_train_batches", args.limit_train_batches,
-                   "--trainer.limit_val_batches", args.limit_eval_batches,
-                   "--trainer.limit_test_batches", args.limit_eval_batches,
-                   "--trainer.accelerator", args.accelerator, "--trainer.enable_progress_bar", "false",
-                   "--trainer.logger.init_args.name", run_name]
-        if not args.skip_training:
-            print("$", " ".join(command[1:]), flush=True)
-            subprocess.run(command, cwd=ROOT, check=True)
-        run_dir = newest_run(run_name)
-        checkpoints = sorted((run_dir / "checkpoints").glob("epoch=*.ckpt")) or [run_dir / "checkpoints" / "last.ckpt"]
-        module, data = build_from_config(run_dir / "config.yaml")
-        load_weights(module, checkpoints[-1])
-        start = time.perf_counter()
-        scores = evaluate(module, data, max_batches=args.eval_batches, pixels_per_step=args.pixels_per_step)
-        print(f"{name}: scored in {time.perf_counter() - start:.0f} s", json.dumps(scores, indent=1), flush=True)
-        rows += [(name, test_accuracy(run_dir), method, s) for method, s in scores.items()]
+    for trained in args.train_objects:
+        for model in args.models:
+            if model == "ram" and trained != 1:
+                continue
+            if not args.skip_training:
+                command = train_command(model, trained) + ["--trainer.accelerator", args.accelerator,
+                                                           "--trainer.enable_progress_bar", "false"]
+                if args.max_steps:
+                    command += ["--trainer.max_steps", str(args.max_steps)]
+                print("$ python", " ".join(command), flush=True)
+                subprocess.run([sys.executable, *command], cwd=ROOT, check=True)
+            rows += score(model, trained, args)
 
-    num_images = rows[0][3]["num_images"]
-    lines = [
-        f"Cluttered {args.canvas_size}×{args.canvas_size} Fashion-MNIST, {args.epochs} epochs "
-        f"(limit_train_batches={args.limit_train_batches}), best-validation checkpoint, {num_images} test images; "
-        f"hardware: {hardware(args.accelerator)}.",
-        f"Command: `python bench/saliency_results.py --out {args.out} --epochs {args.epochs} --canvas-size "
-        f"{args.canvas_size} --width {args.width} --limit-train-batches {args.limit_train_batches} "
-        f"--limit-eval-batches {args.limit_eval_batches} --eval-batches {args.eval_batches} "
-        f"--pixels-per-step {args.pixels_per_step}`. "
-        "Maps for the true class; pointing game averaged "
-        "over classes; deletion (lower is better) and insertion (higher is better) track the clean top-1 class.",
-        "",
-        "| model | test acc (%) | method | pointing game (%) | energy in box | deletion AUC ↓ | insertion AUC ↑ |",
-        "| --- | ---: | --- | ---: | ---: | ---: | ---: |",
-    ] + [f"| {name} | {100 * acc:.2f} | {method} | {100 * s['pointing_game']:.1f} | {s['energy_in_box']:.3f} | "
-         f"{s['deletion_auc']:.3f} | {s['insertion_auc']:.3f} |" for name, acc, method, s in rows]
+    lines = [f"Cluttered 100×100 Fashion-MNIST (8 distractors), {rows[0]['num_images']} test canvases per row; "
+             f"hardware: {hardware(args.accelerator)}. Randomised model: `randomised_copy(model, seed={args.seed})`. "
+             f"Command: `python bench/saliency_results.py --out {args.out} --models {' '.join(args.models)} "
+             f"--train-objects {' '.join(map(str, args.train_objects))} --eval-batches {args.eval_batches} "
+             f"--auc-batches {args.auc_batches} --pixels-per-step {args.pixels_per_step}`.", ""] + table(rows)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

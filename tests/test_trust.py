@@ -18,7 +18,7 @@ import cvattn
 from cvattn.data import FashionMNISTDataModule
 from cvattn.data.multi_object import MultiObjectCanvasDataset
 from cvattn.saliency import (energy_in_box, evaluate, noisy_linear_imputation, pointing_game, randomisation_test,
-                             road, saliency, spearman, ssim)
+                             randomised_copy, road, saliency, spearman, ssim)
 from cvattn.saliency.boxes import box_masks
 from cvattn.saliency.methods.baselines import brightness_window
 from cvattn.saliency.metrics import ROAD_WEIGHTS
@@ -221,6 +221,24 @@ def test_randomisation_leaves_brightness_alone_and_decorrelates_gradcam():
     flat = randomisation_test(model, images, "brightness")
     assert len(flat) == len(table) and "pointing_game" not in flat[0]
     assert all(row["spearman"] == pytest.approx(1.0) and row["ssim"] == pytest.approx(1.0) for row in flat)
+
+
+def test_randomised_copy_redraws_every_layer_seeded_and_leaves_the_model_alone():
+    torch.manual_seed(0)
+    model = cvattn.create_model("convnet2", num_classes=10, in_chans=1, width=8).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    images = torch.rand(4, 1, 32, 32)
+    randomised = randomised_copy(model, seed=3).eval()
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    changed = [k for k, v in randomised.state_dict().items() if not torch.equal(v, before[k])]
+    weights = [k for k in before if k.endswith("weight") and "bn" not in k]
+    assert set(weights) <= set(changed)                                             # every conv/linear redrawn
+    for a, b in zip(randomised.parameters(), randomised_copy(model, seed=3).parameters()):
+        torch.testing.assert_close(a, b)                                            # seeded
+    assert not torch.equal(saliency(randomised, images, "gradcam", target=1), saliency(model, images, "gradcam",
+                                                                                     target=1))
+    with pytest.raises(ValueError, match="no parameters to randomise"):
+        randomised_copy(nn.ReLU())
 
 
 # --- ROAD --------------------------------------------------------------------------------------------------------

@@ -19,12 +19,12 @@ from cvattn.saliency.metrics import (RoadCurve, deletion_auc, energy_in_box, ins
                                      pointing_game, road)
 from cvattn.saliency.overlay import draw_glimpses, figure_to_array, overlay, overlay_row, saliency_grid
 from cvattn.saliency.registry import available_methods, default_methods, register_method
-from cvattn.saliency.sanity import randomisation_test, spearman, ssim
+from cvattn.saliency.sanity import randomisation_test, randomised_copy, spearman, ssim
 
 __all__ = [
     "BASELINES", "RoadCurve", "activation_and_gradient", "adapt", "available_methods", "default_methods",
     "deletion_auc", "draw_glimpses", "energy_in_box", "evaluate", "figure_to_array", "first_component",
     "guided_backprop", "insertion_auc", "integrated_gradients_attribution", "noisy_linear_imputation",
-    "occlusion_attribution", "overlay", "overlay_row", "pointing_game", "randomisation_test", "register_method",
-    "road", "saliency", "saliency_grid", "spearman", "ssim",
+    "occlusion_attribution", "overlay", "overlay_row", "pointing_game", "randomisation_test", "randomised_copy",
+    "register_method", "road", "saliency", "saliency_grid", "spearman", "ssim",
 ]

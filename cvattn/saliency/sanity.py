@@ -10,6 +10,8 @@ trained model's. A map that explains the model decorrelates as its layers are de
 - ``randomisation_test``: on a deep copy, the parametrised modules (those holding parameters of their own, in
   ``named_modules`` order) are re-initialised from the last one back, and after each the maps for the same target
   classes are compared with the trained model's by ``spearman`` and ``ssim``, per image, then averaged.
+- ``randomised_copy``: the cascade's last step, every parametrised module re-initialised: the model whose score a
+  benchmark reports beside the trained model's (a method that scores as well on it says nothing about the model).
 - ``spearman``: Spearman's rank correlation over the pixels, ties sharing their average rank (as
   ``scipy.stats.spearmanr``); nan when a map is constant.
 - ``ssim``: the structural similarity of Wang, Bovik, Sheikh, Simoncelli (IEEE TIP 2004) with a Gaussian window
@@ -109,6 +111,21 @@ def reinitialise(module: nn.Module) -> None:
     for param in module.parameters(recurse=False):
         std = param.std().item() if param.numel() > 1 else 0.0
         param.normal_(0.0, std if std > 0 else 0.02)
+
+
+def randomised_copy(model: nn.Module, seed: int = 0) -> nn.Module:
+    """A deep copy of ``model`` with every parametrised module re-initialised (``reinitialise``, seeded by ``seed``
+    without touching the global random state); ``model`` is not modified."""
+    randomised = copy.deepcopy(unwrap(model))
+    layers = parametrised_modules(randomised)
+    if not layers:
+        raise ValueError(f"{type(unwrap(model)).__name__} has no parameters to randomise.")
+    device = next(randomised.parameters()).device
+    with torch.random.fork_rng(devices=[device.index] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        for _, module in reversed(layers):
+            reinitialise(module)
+    return randomised
 
 
 def randomisation_test(
