@@ -1,19 +1,22 @@
 """ST-CNN against the same CNN without the transformer, on RTS 42×42 and cluttered 60×60 MNIST, as a markdown table.
 
     python bench/st_results.py [--tasks rts cluttered] [--steps 1500] [--width 16] [--dataset mnist]
-        [--val-every 500] [--limit-val-batches 20] [--precision bf16-mixed] [--reuse-finished]
+        [--val-every 500] [--limit-val-batches 20] [--limit-test-batches N] [--precision bf16-mixed]
+        [--reuse-finished]
 
 Every row is one ``train.py`` run of ``configs/st_cnn_mnist_rts.yaml`` or ``configs/st_cnn_mnist_60_cluttered.yaml``
 with the overrides the script prints (the control: ``--model.init_args.model convnet2``), so any row can be
 reproduced alone; ``--reuse-finished`` reads a run that already logged a test result instead of training again
 (runs of both models share the config's run folder: a row is matched by its model and width in the run's
-``config.yaml``). The test error is that of the best-validation checkpoint on the whole test split.
+``config.yaml``). The test error is that of the best-validation checkpoint on the test split (its first
+``--limit-test-batches`` batches of 64 when given).
 
 Where the transformer looks, on the test split: "centre in box", the share of images whose sampled region
 (``SpatialTransformer.sampled_boxes``, the bounding box of the sampled grid's corners) contains the object's centre
 (the centre of the datamodule's box); "IoU", the mean intersection over union of the sampled box (clipped to the
-image) with the object's box. The row "identity θ" is the untrained transformer's box, the whole image: its IoU is
-what a transformer that never zooms scores.
+image) with the object's box; "offset", the mean distance in pixels from the sampled region's centre to the object's
+centre. The row "identity θ" is the untrained transformer's box, the whole image: what a transformer that never
+moves or zooms scores.
 """
 from __future__ import annotations
 
@@ -53,7 +56,8 @@ def overrides(task: str, dataset: str, model: str, args) -> list[str]:
             "--trainer.max_epochs", "-1", "--trainer.max_steps", str(args.steps),
             "--trainer.val_check_interval", str(args.val_every), "--trainer.check_val_every_n_epoch", "null",
             "--trainer.limit_val_batches", str(args.limit_val_batches), "--trainer.precision", args.precision,
-            "--trainer.enable_progress_bar", "false"]
+            "--trainer.enable_progress_bar", "false"] + (
+        ["--trainer.limit_test_batches", str(args.limit_test_batches)] if args.limit_test_batches else [])
 
 
 def run_config(run_dir: Path) -> tuple[str, int, str]:
@@ -81,11 +85,12 @@ def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def where_it_looks(checkpoint_path: Path | None, task: str, dataset: str) -> tuple[float, float]:
-    """(centre-in-box share, mean IoU) of the transformer's sampled boxes on the test split; the identity θ's when
-    ``checkpoint_path`` is None."""
+def where_it_looks(checkpoint_path: Path | None, task: str, dataset: str,
+                   limit_images: int | None = None) -> tuple[float, float, float]:
+    """(centre-in-box share, mean IoU, mean centre offset) of the transformer's sampled boxes on the test split
+    (its first ``limit_images``); the identity θ's when ``checkpoint_path`` is None."""
     _, datamodule_class, data_kwargs = DATA[task, dataset]
-    datamodule = datamodule_class(batch_size=256, num_workers=0, download=False, **data_kwargs)
+    datamodule = datamodule_class(batch_size=64, num_workers=0, download=False, **data_kwargs)
     datamodule.setup("test")
     transformer = SpatialTransformer(1)
     if checkpoint_path is not None:
@@ -94,8 +99,10 @@ def where_it_looks(checkpoint_path: Path | None, task: str, dataset: str) -> tup
         module.load_state_dict(checkpoint["state_dict"])
         transformer = module.model.transformer
     transformer.eval()
-    hits, ious, count = 0.0, 0.0, 0
+    hits, ious, offsets, count = 0.0, 0.0, 0.0, 0
     for images, _, boxes in datamodule.test_dataloader():
+        if limit_images is not None and count >= limit_images:
+            break
         transformer(images)
         size = tuple(images.shape[-2:])
         sampled = transformer.sampled_boxes(size)
@@ -103,8 +110,9 @@ def where_it_looks(checkpoint_path: Path | None, task: str, dataset: str) -> tup
         hits += ((centre >= sampled[:, :2]) & (centre < sampled[:, 2:])).all(1).sum().item()
         clipped = torch.cat([sampled[:, :2].clamp(min=0), sampled[:, 2:].clamp(max=size[-1])], 1)
         ious += box_iou(clipped, boxes).sum().item()
+        offsets += ((sampled[:, :2] + sampled[:, 2:]) / 2 - centre).norm(dim=1).sum().item()
         count += len(images)
-    return 100 * hits / count, ious / count
+    return 100 * hits / count, ious / count, offsets / count
 
 
 def main() -> None:
@@ -116,10 +124,12 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=16)
     parser.add_argument("--val-every", type=int, default=500)
     parser.add_argument("--limit-val-batches", type=int, default=20)
+    parser.add_argument("--limit-test-batches", type=int, default=None)
     parser.add_argument("--precision", default="bf16-mixed")
     parser.add_argument("--reuse-finished", action="store_true")
     args = parser.parse_args()
     rows = []
+    limit = 64 * args.limit_test_batches if args.limit_test_batches else None
     for task in args.tasks:
         for model in args.models:
             run_dir = finished_run(task, args.dataset, model, args.width) if args.reuse_finished else None
@@ -136,18 +146,19 @@ def main() -> None:
             error = 100 * (1 - test_accuracy(run_dir))
             if model == "st_convnet2":
                 best = next(p for p in (run_dir / "checkpoints").glob("*.ckpt") if p.name != "last.ckpt")
-                centre, iou = where_it_looks(best, task, args.dataset)
-                looks = f"{centre:.1f} | {iou:.3f}"
+                centre, iou, offset = where_it_looks(best, task, args.dataset, limit)
+                looks = f"{centre:.1f} | {iou:.3f} | {offset:.1f}"
             else:
-                looks = "– | –"
+                looks = "– | – | –"
             rows.append(f"| {task} | {model} (width {args.width}) | {error:.2f} | {looks} | {minutes:.1f} | "
                         f"{cpu_minutes:.1f} | {run_dir.relative_to(ROOT)} |")
             print(rows[-1], flush=True)
-        centre, iou = where_it_looks(None, task, args.dataset)
-        rows.append(f"| {task} | identity θ (whole image) | – | {centre:.1f} | {iou:.3f} | – | – | – |")
+        centre, iou, offset = where_it_looks(None, task, args.dataset, limit)
+        rows.append(f"| {task} | identity θ (whole image) | – | {centre:.1f} | {iou:.3f} | {offset:.1f} | – | – "
+                    f"| – |")
     print(f"\n{args.dataset}, {args.steps} steps of batch 64, {args.precision}, on {hardware('cpu')}\n")
-    print("| Task | Model | Test error % | Centre in box % | IoU | Wall min | CPU min | Run |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| Task | Model | Test error % | Centre in box % | IoU | Offset px | Wall min | CPU min | Run |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     print("\n".join(rows))
 
 
