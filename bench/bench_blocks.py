@@ -10,7 +10,8 @@ large sizes: (B, H·W, H·W) floats) is skipped with the reason.
 
 ``--share``: the median time of one training step (forward, backward, SGD step) of the ConvNet (``convnet2``,
 ``width``, one input channel) with each block as its ``attn_layer``, and the block's share of that step,
-1 − plain / with block.
+1 − plain / with block. ``--blocks st``: the same for a spatial transformer in front of the ConvNet
+(``st_convnet2``), e.g. ``--share --blocks st --size 42``.
 """
 from __future__ import annotations
 
@@ -98,7 +99,9 @@ def shares(args) -> None:
         if name.startswith("nl") and 4 * args.batch * positions ** 2 > MAX_ATTENTION_BYTES:
             print(f"{name:<14}skipped: its attention would be {args.batch}×{positions}×{positions} floats")
             continue
-        block_step = make_training_step(convnet(name), x, target)
+        model = (cvattn.create_model("st_convnet2", num_classes=10, in_chans=1, width=args.width).to(args.device)
+                 if name == "st" else convnet(name))
+        block_step = make_training_step(model.train(), x, target)
         plain_step(), block_step()
         plain_times, block_times = [], []
         for repeat in range(args.repeats):   # interleaved, alternating which goes first, as in main()
@@ -119,7 +122,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--share", action="store_true", help="each block's share of a ConvNet training step")
     parser.add_argument("--width", type=int, default=16, help="ConvNet width for --share")
-    parser.add_argument("--blocks", nargs="+", choices=list(PAIRS), default=list(PAIRS), help="rows to run")
+    parser.add_argument("--blocks", nargs="+", choices=[*PAIRS, "st"], default=list(PAIRS),
+                        help="rows to run ('st': a spatial transformer in front, --share only)")
     args = parser.parse_args()
     if args.share:
         return shares(args)
@@ -128,6 +132,9 @@ def main() -> None:
     print(f"input {tuple(x.shape)} on {args.device}, torch {torch.__version__}, threads {torch.get_num_threads()}")
     print(f"{'block':<14}{'cvattn ms':>11}{'timm ms':>11}{'timm/cvattn':>13}")
     for name in args.blocks:
+        if name == "st":
+            print(f"{name:<14}an input-side transformer, not a block: its cost is measured with --share")
+            continue
         make_timm = PAIRS[name]
         positions = args.size * args.size
         if name.startswith("nl") and 4 * args.batch * positions ** 2 > MAX_ATTENTION_BYTES:

@@ -18,6 +18,10 @@ model factories find blocks; the saliency registry asks the model contracts whic
 - ``GlimpseModel``: hard attention: ``forward(x, return_trajectory=True)`` returns ``(logits, trajectory)`` with the
   glimpse locations in ``trajectory.locations`` (B, T, 2) in [-1, 1], read through ``sensor`` (``num_scales``
   patches, the finest ``glimpse_size`` pixels wide).
+- ``RegionSampler``: a spatial transformer (``cvattn.layers.SpatialTransformer``): after a forward,
+  ``last_theta`` (B, 2, 3) is the affine map it sampled its input through, and ``sampled_boxes((H, W))`` the
+  sampled regions as (B, 4) pixel boxes of an (H, W) input. Not an ``AttentionBlock``: it resamples, it gates
+  nothing.
 """
 from __future__ import annotations
 
@@ -60,3 +64,10 @@ class GlimpseModel(Protocol):
     num_glimpses: int
 
     def forward(self, x: torch.Tensor, return_trajectory: bool = False, sample: bool | None = None) -> Any: ...
+
+
+@runtime_checkable
+class RegionSampler(Protocol):
+    last_theta: torch.Tensor | None     # (B, 2, 3) of the last forward, detached; None before any
+
+    def sampled_boxes(self, image_size: tuple[int, int]) -> torch.Tensor: ...

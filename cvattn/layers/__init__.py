@@ -30,6 +30,7 @@ from cvattn.layers.global_context import GlobalContext
 from cvattn.layers.light_cbam import LightCbamModule, LightChannelAttn, LightSpatialAttn
 from cvattn.layers.non_local import NonLocalAttn
 from cvattn.layers.selective_kernel import SelectiveKernel
+from cvattn.layers.spatial_transformer import SpatialTransformer  # an input-side transformer, not a block
 from cvattn.layers.triplet import TripletAttention
 
 __all__ = [
@@ -37,5 +38,5 @@ __all__ = [
     "create_attn", "eca_kernel_size", "get_attn", "list_attn", "make_divisible",
     "BamModule", "CecaModule", "ChannelGate", "CoordAttn", "EffectiveSEModule", "GatherExcite", "GlobalContext",
     "LightCbamModule", "LightChannelAttn", "LightSpatialAttn", "NonLocalAttn", "SelectiveKernel", "SpatialGate",
-    "TripletAttention",
+    "SpatialTransformer", "TripletAttention",
 ]

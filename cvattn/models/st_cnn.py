@@ -1,0 +1,78 @@
+"""Spatial transformer networks: a ``SpatialTransformer`` in front of a classifier (Jaderberg et al., NIPS 2015;
+docs/references.md, "Spatial transformers").
+
+``SpatialTransformerNet(backbone, in_chans)`` puts the transformer in front of any model: a cvattn or timm
+classifier, or anything mapping (B, C, H, W) images to logits. ``st_convnet2``: the paper's ST-CNN with
+``convnet2`` as the CNN.
+
+The backbone contract carries over where the backbone has it: ``forward_features`` is the backbone's on the
+warped input, ``forward_head`` the backbone's, and ``feature_info`` the backbone's with every module path
+prefixed ``backbone.`` (so hooks on ``feature_info[-1]['module']`` still find the last map). Reductions are
+relative to the transformer's output, which is the input's size unless ``out_size`` is set. A backbone without
+``forward_features`` gives a wrapper without a ``feature_info`` (not a ``FeatureBackbone``), whose
+``forward_features`` raises.
+
+Deviation from the paper: ``convnet2`` is cvattn's CNN (two conv blocks, global average pooling), not the paper's.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from cvattn.checks import check_images, check_int_range
+from cvattn.layers.spatial_transformer import SpatialTransformer
+from cvattn.models._registry import register_model
+from cvattn.models.convnet import ConvNet
+
+
+class SpatialTransformerNet(nn.Module):
+    """``backbone(transformer(x))``: a spatial transformer in front of ``backbone`` (module docstring).
+
+    Args:
+        backbone: the model the warped images go to.
+        in_chans: image channels; by default the backbone's ``in_chans``.
+        transform, out_size, loc_width, loc_hidden: the ``SpatialTransformer``'s.
+    """
+
+    def __init__(self, backbone: nn.Module, in_chans: int | None = None, transform: str = "affine",
+                 out_size: int | tuple[int, int] | None = None, loc_width: int = 16, loc_hidden: int = 32):
+        super().__init__()
+        if in_chans is None:
+            in_chans = getattr(backbone, "in_chans", None)
+            if in_chans is None:
+                raise ValueError(f"SpatialTransformerNet cannot tell how many channels the images of a "
+                                 f"{type(backbone).__name__} have: pass in_chans.")
+        self.in_chans = check_int_range("in_chans", in_chans, 1)
+        self.transformer = SpatialTransformer(in_chans, transform=transform, out_size=out_size,
+                                              loc_width=loc_width, loc_hidden=loc_hidden)
+        self.backbone = backbone
+        for name in ("num_classes", "num_features", "head_hidden_size", "features_only"):
+            if hasattr(backbone, name):
+                setattr(self, name, getattr(backbone, name))
+        info = getattr(backbone, "feature_info", None)
+        if isinstance(info, list) and hasattr(backbone, "forward_features"):
+            self.feature_info = [dict(entry, module=f"backbone.{entry['module']}") for entry in info]
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        if not hasattr(self.backbone, "forward_features"):
+            raise ValueError(f"The {type(self.backbone).__name__} backbone has no forward_features; call the "
+                             "SpatialTransformerNet itself.")
+        return self.backbone.forward_features(self.transformer(check_images("SpatialTransformerNet", x,
+                                                                             self.in_chans)))
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        return self.backbone.forward_head(x, pre_logits=pre_logits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        check_images("SpatialTransformerNet", x, self.in_chans)
+        return self.backbone(self.transformer(x))                # the backbone's output on the warped images
+
+
+@register_model
+def st_convnet2(transform: str = "affine", out_size: int | tuple[int, int] | None = None, loc_width: int = 16,
+                loc_hidden: int = 32, **kwargs) -> SpatialTransformerNet:
+    """ST-CNN: a ``SpatialTransformer`` (affine by default) in front of ``convnet2``; other arguments are
+    ``convnet2``'s (``width``, ``attn_layer``, ``features_only``, ...)."""
+    backbone = ConvNet(**kwargs)
+    return SpatialTransformerNet(backbone, backbone.in_chans, transform=transform, out_size=out_size,
+                                 loc_width=loc_width, loc_hidden=loc_hidden)
