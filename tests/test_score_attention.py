@@ -19,7 +19,7 @@ def by_hand(score: torch.nn.Module, name: str, q: torch.Tensor, k: torch.Tensor)
             elif name == "general":
                 out[i, j] = q[i] @ score.weight @ k[j]                            # qᵀ W k
             else:
-                out[i, j] = score.v @ torch.tanh(score.query.weight @ q[i] + score.key.weight @ k[j])
+                out[i, j] = score.v @ torch.tanh(score.query_weight @ q[i] + score.key_weight @ k[j])
     return out
 
 
@@ -157,3 +157,49 @@ def test_gradients_reach_every_parameter(name):
     assert x.grad.abs().sum() > 0
     for param_name, p in module.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, param_name
+
+
+# ---- the ViT with another score function ---------------------------------------------------------------------
+VIT = dict(img_size=28, patch_size=7, in_chans=1, num_classes=5, embed_dim=16, depth=2, num_heads=2)
+
+
+def test_vit_default_score_keeps_the_fused_attention():
+    from cvattn.models.vit import Attention, VisionTransformer
+
+    torch.manual_seed(0)
+    default = VisionTransformer(**VIT)
+    torch.manual_seed(0)
+    explicit = VisionTransformer(**VIT, attn_score="scaled_dot")
+    assert all(type(block.attn) is Attention for block in explicit.blocks)
+    assert default.state_dict().keys() == explicit.state_dict().keys()
+    assert all(torch.equal(a, b) for a, b in zip(default.state_dict().values(), explicit.state_dict().values()))
+
+
+@pytest.mark.parametrize("name", ["dot", "general", "additive"])
+def test_vit_with_another_score_reads_its_attention(name):
+    from cvattn.models.vit import VisionTransformer, local_attention_mask
+
+    torch.manual_seed(0)
+    model = VisionTransformer(**VIT, attn_score=name, local_window=1).eval()
+    assert all(isinstance(block.attn, ScoreAttention) for block in model.blocks)
+    assert model.blocks[0].attn.qkv.weight.shape == (48, 16)                     # the ViT's qkv layout
+    x = torch.randn(2, 1, 28, 28)
+    logits, attn = model.forward_attention(x)
+    torch.testing.assert_close(logits, model(x))
+    assert attn.shape == (2, 2, 2, 17, 17)
+    torch.testing.assert_close(attn.sum(-1), torch.ones(2, 2, 2, 17))
+    allowed = local_attention_mask((4, 4), 1)
+    assert (attn[..., ~allowed] == 0).all()
+    torch.testing.assert_close(model.blocks[-1].attn.last_attn, attn[:, -1])
+    # the block's attention is the score's formula: compare with ScoreAttention's own by-hand reference
+    block = model.blocks[0]
+    tokens = block.norm1(model._embed(x)[0])
+    _, weights = attention_by_hand(block.attn, name, tokens.detach(), allowed)
+    torch.testing.assert_close(attn[:, 0], weights, rtol=1e-5, atol=1e-5)
+
+
+def test_vit_bad_score_name():
+    from cvattn.models.vit import VisionTransformer
+
+    with pytest.raises(ValueError, match=r"Unknown score function 'adittive'\. Did you mean 'additive'\?"):
+        VisionTransformer(**VIT, attn_score="adittive")

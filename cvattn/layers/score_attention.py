@@ -9,8 +9,8 @@ For queries q_i (Nq of width d_q) and keys k_j / values v_j (Nk of width d_k):
 Score functions (``create_score(name, query_dim, key_dim)``; each maps q (…, Nq, d_q), k (…, Nk, d_k) to
 e (…, Nq, Nk)):
 
-- ``'dot'``: e = qᵀk. Luong, Pham, Manning, "Effective Approaches to Attention-based Neural Machine Translation",
-  EMNLP 2015 (Eq. 8, "dot"). Needs d_q = d_k.
+- ``'dot'``: e = qᵀk. Luong, Pham, Manning, "Effective Approaches to Attention-based Neural Machine
+  Translation", EMNLP 2015 (Eq. 8, "dot"). Needs d_q = d_k.
 - ``'scaled_dot'``: e = qᵀk / √d_k. Vaswani et al., "Attention Is All You Need", NeurIPS 2017 (Eq. 1). Needs
   d_q = d_k.
 - ``'general'``: e = qᵀ W k, W a learned d_q × d_k matrix. Luong et al. 2015 (Eq. 8, "general").
@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from cvattn.checks import check_choice, check_count
 
@@ -100,21 +101,24 @@ class GeneralScore(nn.Module):
 
 
 class AdditiveScore(nn.Module):
-    """e = vᵀ tanh(W_q q + W_k k) (Bahdanau et al. 2015); ``query``: W_q, ``key``: W_k (no biases, as in the
-    paper), ``v``: (hidden_dim,). Materialises (…, Nq, Nk, hidden_dim)."""
+    """e = vᵀ tanh(W_q q + W_k k) (Bahdanau et al. 2015); ``query_weight``: W_q (d_a, d_q), ``key_weight``: W_k
+    (d_a, d_k), no biases (the paper has none), ``v``: (d_a,). Materialises (…, Nq, Nk, d_a)."""
 
     def __init__(self, query_dim: int, key_dim: int, hidden_dim: int | None = None):
         super().__init__()
         hidden_dim = key_dim if hidden_dim is None else check_count("hidden_dim", hidden_dim)
         self.query_dim, self.key_dim = query_dim, key_dim
-        self.query = nn.Linear(query_dim, hidden_dim, bias=False)
-        self.key = nn.Linear(key_dim, hidden_dim, bias=False)
+        self.query_weight = nn.Parameter(torch.empty(hidden_dim, query_dim))
+        self.key_weight = nn.Parameter(torch.empty(hidden_dim, key_dim))
         self.v = nn.Parameter(torch.empty(hidden_dim))
+        for weight in (self.query_weight, self.key_weight):
+            nn.init.xavier_uniform_(weight)
         nn.init.normal_(self.v, std=hidden_dim ** -0.5)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         _check_widths(type(self).__name__, q, k, self.query_dim, self.key_dim)
-        hidden = torch.tanh(self.query(q).unsqueeze(-2) + self.key(k).unsqueeze(-3))  # (…, Nq, Nk, d_a)
+        projected_q, projected_k = F.linear(q, self.query_weight), F.linear(k, self.key_weight)
+        hidden = torch.tanh(projected_q.unsqueeze(-2) + projected_k.unsqueeze(-3))   # (…, Nq, Nk, d_a)
         return hidden @ self.v                                                    # (…, Nq, Nk)
 
 
