@@ -1,5 +1,6 @@
 """Registered models. Importing a model file registers its constructors."""
 from cvattn.models import convnet, ram, resnet, vit  # noqa: F401  (registers their models)
+from cvattn.models import attnpool  # noqa: F401  (registers the attention-pooling CNNs)
 from cvattn.models._registry import create_model, is_model, list_models, register_model
 
 __all__ = ["create_model", "is_model", "list_models", "register_model"]
