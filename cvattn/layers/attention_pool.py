@@ -10,9 +10,9 @@ positions s, pooled_q = W_O Σ_s a_q(s) W_V x_s.
   et al., "Set Transformer", ICML 2019, and timm's ``AttentionPoolLatent``.
 - ``ClassAttentionPool2d``: one query per class; class k's pooled vector z_k gives its own logit
   w_kᵀ z_k + b_k, so a_k, class k's attention over the positions, is a class-specific saliency map that the
-  logit is computed from (a class-specific attention map, as in Zhu and Wu, "Residual Attention: A Simple but
-  Effective Method for Multi-Label Recognition", ICCV 2021, with learned queries in place of their fixed
-  per-class 1×1 convolutions).
+  logit is computed from (class-specific attention as in Zhu and Wu, "Residual Attention: A Simple but Effective
+  Method for Multi-Label Recognition", ICCV 2021, whose per-class queries are the classifier's own weights; here
+  they are separate learned queries, and no average-pooled residual is added).
 - ``LocalPAttentionPool2d``: Luong, Pham, Manning, "Effective Approaches to Attention-based Neural Machine
   Translation", EMNLP 2015, local-p attention (Eqs. 9, 10) in two dimensions. A centre is predicted from the
   feature map's mean g, p = (size - 1) · sigmoid(v_pᵀ tanh(W_p g)) per axis (rows, columns); the soft attention
