@@ -10,8 +10,8 @@ head on the last map: global average pooling (``gap``, the plain ``convnet2``) o
 score function (``head:score``); the first ``--train-images`` of the 60 000 training images in a fixed shuffle
 (seed 0), no augmentation, normalised by the dataset's mean and std; AdamW (lr 2e-3, weight decay 0.05), cosine
 decay over the run's steps, batch 128, ``--epochs`` epochs, bf16 autocast (``--precision bf16``); accuracy on the
-full 10 000-image test set. One seed (0) per run. Each run appends one JSON line to ``--results``; nothing is
-overwritten.
+full 10 000-image test set. ``--seed`` sets the initial weights and the batch order. Each run appends one JSON line
+to ``--results``; nothing is overwritten; ``table`` gives each run's accuracy per seed and their mean.
 """
 from __future__ import annotations
 
@@ -68,7 +68,7 @@ def train_step(model, optimizer, images, labels, precision: str) -> float:
 
 
 def train(run: str, args) -> dict:
-    torch.manual_seed(0)
+    torch.manual_seed(args.seed)                                                      # the initial weights
     images, labels = load(args.data_dir, "train")
     order = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))[:args.train_images]
     images, labels = images[order], labels[order]
@@ -77,13 +77,14 @@ def train(run: str, args) -> dict:
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.05)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
     model.train()
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     for epoch in range(args.epochs):
-        batches = torch.randperm(len(images), generator=torch.Generator().manual_seed(epoch)).split(args.batch_size)
+        shuffle = torch.Generator().manual_seed(1000 * args.seed + epoch)
+        batches = torch.randperm(len(images), generator=shuffle).split(args.batch_size)
         for batch in batches:
             loss = train_step(model, optimizer, images[batch], labels[batch], args.precision)
             scheduler.step()
-    train_s = time.perf_counter() - start
+    train_s, train_cpu_s = time.perf_counter() - start, time.process_time() - start_cpu
     test_images, test_labels = load(args.data_dir, "t10k")
     model.eval()
     correct = 0
@@ -91,12 +92,12 @@ def train(run: str, args) -> dict:
         for batch in torch.arange(len(test_images)).split(500):
             correct += int((model(test_images[batch]).argmax(1) == test_labels[batch]).sum())
     return dict(run=run, width=args.width, epochs=args.epochs, train_images=len(images), precision=args.precision,
-                seed=0, test_acc=100 * correct / len(test_images), last_loss=loss,
-                params=sum(p.numel() for p in model.parameters()), train_s=train_s,
+                seed=args.seed, test_acc=100 * correct / len(test_images), last_loss=loss,
+                params=sum(p.numel() for p in model.parameters()), train_s=train_s, train_cpu_s=train_cpu_s,
                 train_img_s=args.epochs * len(images) / train_s, threads=torch.get_num_threads(),
                 cpu=platform.processor() or platform.machine(), date=time.strftime("%Y-%m-%d"),
                 command=f"python bench/head_results.py train --runs {run} --width {args.width} --epochs {args.epochs} "
-                        f"--train-images {args.train_images} --precision {args.precision}")
+                        f"--train-images {args.train_images} --precision {args.precision} --seed {args.seed}")
 
 
 def bench(args) -> list[dict]:
@@ -120,15 +121,23 @@ def bench(args) -> list[dict]:
 
 
 def table(rows: list[dict], steps: list[dict] | None) -> str:
+    """One line per run (in ``RUNS`` order): accuracy per seed and mean, parameters, training throughput (wall
+    clock), and the step cost against GAP from ``bench``."""
     step = {row["run"]: row for row in steps or []}
-    lines = ["| Head | Score | Test acc. (%) | Params | Train img/s | Train time (s) | Step (ms) | Step / GAP |",
+    by_run: dict[str, list[dict]] = {}
+    order = {run: index for index, run in enumerate(RUNS)}
+    for row in sorted(rows, key=lambda row: (order.get(row["run"], len(RUNS)), row["seed"])):
+        by_run.setdefault(row["run"], []).append(row)
+    lines = ["| Head | Score | Test acc. (%) per seed | Mean | Params | Train img/s (wall) | Step (ms) | Step / GAP |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for row in rows:
-        head, _, score = row["run"].partition(":")
-        cost = step.get(row["run"])
-        cost = f"{cost['step_ms']:.1f} | {cost['ratio']:.2f}×" if cost else "– | –"
-        lines.append(f"| {'GAP' if head == 'gap' else head} | {score or '–'} | {row['test_acc']:.2f} | "
-                     f"{row['params']:,} | {row['train_img_s']:.0f} | {row['train_s']:.0f} | {cost} |")
+    for run, runs in by_run.items():
+        head, _, score = run.partition(":")
+        accuracies = [row["test_acc"] for row in runs]
+        cost = step.get(run)
+        cost = f"{cost['step_ms']:.0f} | {cost['ratio']:.2f}×" if cost else "– | –"
+        lines.append(f"| {'GAP' if head == 'gap' else head} | {score or '–'} | "
+                     f"{' / '.join(f'{a:.2f}' for a in accuracies)} | {statistics.mean(accuracies):.2f} | "
+                     f"{runs[0]['params']:,} | {statistics.mean(row['train_img_s'] for row in runs):.0f} | {cost} |")
     return "\n".join(lines)
 
 
@@ -143,6 +152,8 @@ def main() -> None:
     parser.add_argument("--train-images", type=int, default=20_000)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--precision", choices=["bf16", "fp32"], default="bf16")
+    parser.add_argument("--seed", type=int, default=0, help="train: initial weights and batch order (the subset "
+                        "of training images is the same for every seed)")
     parser.add_argument("--steps", type=int, default=20, help="bench: timed steps per model")
     args = parser.parse_args()
     if args.action == "train":
