@@ -121,23 +121,26 @@ def bench(args) -> list[dict]:
 
 
 def table(rows: list[dict], steps: list[dict] | None) -> str:
-    """One line per run (in ``RUNS`` order): accuracy per seed and mean, parameters, training throughput (wall
-    clock), and the step cost against GAP from ``bench``."""
+    """One line per run (in ``RUNS`` order): accuracy per seed and mean, parameters, training images per CPU second
+    (the process's own CPU time, so other jobs on the machine do not count), and the step cost against GAP from
+    ``bench``."""
     step = {row["run"]: row for row in steps or []}
     by_run: dict[str, list[dict]] = {}
     order = {run: index for index, run in enumerate(RUNS)}
     for row in sorted(rows, key=lambda row: (order.get(row["run"], len(RUNS)), row["seed"])):
         by_run.setdefault(row["run"], []).append(row)
-    lines = ["| Head | Score | Test acc. (%) per seed | Mean | Params | Train img/s (wall) | Step (ms) | Step / GAP |",
+    lines = ["| Head | Score | Test acc. (%) per seed | Mean | Params | Train img / CPU s | Step (ms) | Step / GAP |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for run, runs in by_run.items():
         head, _, score = run.partition(":")
         accuracies = [row["test_acc"] for row in runs]
+        timed = [row["train_images"] * row["epochs"] / row["train_cpu_s"] for row in runs if "train_cpu_s" in row]
+        speed = f"{statistics.mean(timed):.0f}" if timed else "–"
         cost = step.get(run)
         cost = f"{cost['step_ms']:.0f} | {cost['ratio']:.2f}×" if cost else "– | –"
         lines.append(f"| {'GAP' if head == 'gap' else head} | {score or '–'} | "
                      f"{' / '.join(f'{a:.2f}' for a in accuracies)} | {statistics.mean(accuracies):.2f} | "
-                     f"{runs[0]['params']:,} | {statistics.mean(row['train_img_s'] for row in runs):.0f} | {cost} |")
+                     f"{runs[0]['params']:,} | {speed} | {cost} |")
     return "\n".join(lines)
 
 
