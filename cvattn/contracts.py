@@ -15,6 +15,9 @@ model factories find blocks; the saliency registry asks the model contracts whic
 - ``AttentionReader``: a transformer whose ``forward_attention`` returns logits and every layer's attention
   weights (B, L, heads, T, T) from the same maths as its forward; ``num_prefix_tokens`` tokens (class, registers)
   come before the patches, on the grid ``grid_size_for((H, W))``; ``global_pool`` says which row the head reads.
+- ``AttentionPooler``: a CNN whose head pools the last feature map by attention (``attn_pool``);
+  ``forward_pool_attention(x)`` returns logits and that attention as maps (B, Q, h, w) on the feature map:
+  Q = 1 for one shared query, Q = num_classes for one query per class (row k: class k's map).
 - ``GlimpseModel``: hard attention: ``forward(x, return_trajectory=True)`` returns ``(logits, trajectory)`` with the
   glimpse locations in ``trajectory.locations`` (B, T, 2) in [-1, 1], read through ``sensor`` (``num_scales``
   patches, the finest ``glimpse_size`` pixels wide).
@@ -56,6 +59,13 @@ class AttentionReader(Protocol):
     def forward_attention(self, x: torch.Tensor, stack: bool = True) -> tuple[torch.Tensor, Any]: ...
 
     def grid_size_for(self, image_size: tuple[int, int]) -> tuple[int, int]: ...
+
+
+@runtime_checkable
+class AttentionPooler(Protocol):
+    attn_pool: nn.Module   # the head (cvattn.layers.attention_pool)
+
+    def forward_pool_attention(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
 @runtime_checkable

@@ -22,6 +22,8 @@ Deviations from the paper and from timm:
 - ``local_window=w`` restricts each patch to the patches within Chebyshev distance w on the patch grid (a
   (2w+1)×(2w+1) neighbourhood); the class token still attends to, and is attended by, every token. The paper has
   no such option; it is the "local attention" of Ramachandran et al. (NeurIPS 2019) applied to ViT tokens.
+- ``attn_score`` swaps the score function QKᵀ/√d_head for Luong's dot or general or Bahdanau's additive score
+  (``cvattn.layers.score_attention``); those run the explicit path in ``forward`` too.
 - Only a class token, learned absolute position embeddings and 'token'/'avg' pooling: no register tokens,
   layer scale, QK-norm or attention pooling.
 """
@@ -34,6 +36,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from cvattn.checks import check_images, did_you_mean, state_dict_mismatch
+from cvattn.layers.score_attention import ScoreAttention
 from cvattn.models._registry import register_model
 
 GLOBAL_POOLS = ("token", "avg")
@@ -171,13 +174,18 @@ class DropPath(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block: x + MHSA(LN(x)), then x + MLP(LN(x)), with stochastic depth on both branches."""
+    """Pre-norm transformer block: x + MHSA(LN(x)), then x + MLP(LN(x)), with stochastic depth on both branches.
+
+    ``attn_score='scaled_dot'``: ``Attention`` (fused SDPA in ``forward``); any other score of
+    ``cvattn.layers.score_attention.SCORES``: ``ScoreAttention`` with that score (same ``qkv``/``proj`` layout).
+    """
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True,
-                 attn_drop: float = 0.0, drop_path: float = 0.0):
+                 attn_drop: float = 0.0, drop_path: float = 0.0, attn_score: str = "scaled_dot"):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
-        self.attn = Attention(dim, num_heads, qkv_bias, attn_drop)
+        self.attn = Attention(dim, num_heads, qkv_bias, attn_drop) if attn_score == "scaled_dot" else \
+            ScoreAttention(dim, num_heads, attn_score, qkv_bias=qkv_bias, attn_drop=attn_drop)
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
@@ -230,6 +238,9 @@ class VisionTransformer(nn.Module):
         drop_rate: dropout before the classifier; attn_drop_rate: dropout on the attention weights;
             drop_path_rate: stochastic depth, rising linearly to this value over the blocks.
         local_window: Chebyshev radius (in patches) of local attention; None for global attention.
+        attn_score: the attention's score function, one of ``cvattn.layers.score_attention.SCORES``:
+            ``'scaled_dot'`` (the paper's; fused in ``forward``), ``'dot'``, ``'general'``, ``'additive'`` (these
+            always materialise the weights, and pretrained timm weights leave their extra parameters untrained).
         features_only, out_indices: build a backbone returning the maps of the blocks ``out_indices`` (all if None).
     """
 
@@ -251,6 +262,7 @@ class VisionTransformer(nn.Module):
         local_window: int | None = None,
         features_only: bool = False,
         out_indices: Sequence[int] | None = None,
+        attn_score: str = "scaled_dot",
     ):
         super().__init__()
         if global_pool not in GLOBAL_POOLS:
@@ -278,7 +290,8 @@ class VisionTransformer(nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(1, self.num_prefix_tokens + self.patch_embed.num_patches, embed_dim))
         drop_path_rates = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
         self.blocks = nn.ModuleList(
-            Block(embed_dim, num_heads, mlp_ratio, qkv_bias, attn_drop_rate, rate) for rate in drop_path_rates)
+            Block(embed_dim, num_heads, mlp_ratio, qkv_bias, attn_drop_rate, rate, attn_score)
+            for rate in drop_path_rates)
         # timm's layout: with 'avg' pooling the final LN moves after the pool (fc_norm) instead of before (norm).
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6) if global_pool == "token" else nn.Identity()
         self.fc_norm = nn.LayerNorm(embed_dim, eps=1e-6) if global_pool == "avg" else nn.Identity()
@@ -418,7 +431,7 @@ class VisionTransformer(nn.Module):
 
 
 _TIMM_PRETRAINED = ("vit_tiny_patch16_224", "vit_small_patch16_224", "vit_base_patch16_224")
-_CVATTN_ONLY_ARGS = ("local_window", "features_only", "out_indices")
+_CVATTN_ONLY_ARGS = ("local_window", "features_only", "out_indices", "attn_score")
 
 
 def load_timm_pretrained(model: VisionTransformer, name: str, **kwargs) -> VisionTransformer:

@@ -4,6 +4,7 @@ A new method is a new file here plus one line below; the order of the lines is t
 """
 from cvattn.saliency.methods import gates, attention, glimpses, gradcam  # noqa: F401
 from cvattn.saliency.methods import transformer  # noqa: F401
+from cvattn.saliency.methods import pooling  # noqa: F401
 from cvattn.saliency.methods import gradients  # noqa: F401
 from cvattn.saliency.methods import occlusion  # noqa: F401
 from cvattn.saliency.methods import baselines  # noqa: F401
