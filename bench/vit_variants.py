@@ -1,7 +1,7 @@
 """ViT variants on Fashion-MNIST with one short recipe: position encodings, and single- against multi-head attention.
 
     python bench/vit_variants.py [--out docs/vit_variants.md] [--rows learned sinusoidal none heads1 ...]
-        [--epochs 4] [--limit-train-batches 100] [--limit-val-batches 12] [--warmup-epochs 0.5]
+        [--epochs 4] [--limit-train-batches 25] [--limit-val-batches 12] [--warmup-epochs 0.4]
         [--precision 32-true] [--reuse-finished]
 
 Every row is one ``train.py`` run of ``configs/vit_fashion_mnist.yaml`` (width 128, depth 6, 4 heads, MLP 256,
@@ -70,9 +70,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="also write the table to this markdown file")
     parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
     parser.add_argument("--epochs", type=int, default=4)
-    parser.add_argument("--limit-train-batches", type=int, default=100)
+    parser.add_argument("--limit-train-batches", type=int, default=25)
     parser.add_argument("--limit-val-batches", type=int, default=12)
-    parser.add_argument("--warmup-epochs", type=float, default=0.5)
+    parser.add_argument("--warmup-epochs", type=float, default=0.4)
     parser.add_argument("--precision", default="32-true",
                         help="Lightning's precision (bf16-mixed was slower than float32 for this model on one thread)")
     parser.add_argument("--reuse-finished", action="store_true",
