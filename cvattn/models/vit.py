@@ -17,14 +17,18 @@ State-dict keys, initialisation and the classifier layout follow timm's ``Vision
 ``model.load_state_dict(timm_model.state_dict())`` works and gives the same logits.
 
 Deviations from the paper and from timm:
-- Any input size that the patch size divides is accepted: the position embeddings are resampled (bicubic,
-  anti-aliased, like timm's ``resample_abs_pos_embed`` with ``dynamic_img_size=True``) to the input's patch grid.
+- ``pos_embed``: ``'learned'`` (the paper's, the default), ``'sinusoidal'`` (the fixed table of Vaswani et al.
+  2017 in 2-D, ``cvattn.layers.pos_embed.sincos_2d``: rows in the first half of the channels, columns in the second,
+  zeros for the class token) or ``'none'`` (no position information: the blocks see a set of patches).
+- Any input size that the patch size divides is accepted: learned position embeddings are resampled (bicubic,
+  anti-aliased, like timm's ``resample_abs_pos_embed`` with ``dynamic_img_size=True``) to the input's patch grid;
+  the sinusoidal table is recomputed for it (each patch keeps the encoding of its row and column index).
 - ``local_window=w`` restricts each patch to the patches within Chebyshev distance w on the patch grid (a
   (2w+1)×(2w+1) neighbourhood); the class token still attends to, and is attended by, every token. The paper has
   no such option; it is the "local attention" of Ramachandran et al. (NeurIPS 2019) applied to ViT tokens.
 - ``attn_score`` swaps the score function QKᵀ/√d_head for Luong's dot or general or Bahdanau's additive score
   (``cvattn.layers.score_attention``); those run the explicit path in ``forward`` too.
-- Only a class token, learned absolute position embeddings and 'token'/'avg' pooling: no register tokens,
+- Only a class token, absolute position encodings and 'token'/'avg' pooling: no register tokens,
   layer scale, QK-norm or attention pooling.
 """
 from __future__ import annotations
@@ -35,11 +39,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cvattn.checks import check_images, did_you_mean, state_dict_mismatch
+from cvattn.checks import check_choice, check_images, did_you_mean, state_dict_mismatch
+from cvattn.layers.pos_embed import sincos_2d
 from cvattn.layers.score_attention import ScoreAttention
 from cvattn.models._registry import register_model
 
 GLOBAL_POOLS = ("token", "avg")
+POS_EMBEDS = ("learned", "sinusoidal", "none")
 
 
 def _pair(size: int | Sequence[int]) -> tuple[int, int]:
@@ -241,6 +247,11 @@ class VisionTransformer(nn.Module):
         attn_score: the attention's score function, one of ``cvattn.layers.score_attention.SCORES``:
             ``'scaled_dot'`` (the paper's; fused in ``forward``), ``'dot'``, ``'general'``, ``'additive'`` (these
             always materialise the weights, and pretrained timm weights leave their extra parameters untrained).
+        pos_embed: ``'learned'`` (a parameter, timm's ``pos_embed`` key), ``'sinusoidal'`` (a fixed 2-D table,
+            ``cvattn.layers.pos_embed.sincos_2d``; embed_dim must be divisible by 4) or ``'none'``. The sinusoidal
+            table is a non-persistent buffer: it is a function of the constructor arguments, rebuilt by
+            ``__init__``, so checkpoints do without it, and a learned model's checkpoint (which has a
+            ``pos_embed`` key) cannot load silently over it: the strict load names the key instead.
         features_only, out_indices: build a backbone returning the maps of the blocks ``out_indices`` (all if None).
     """
 
@@ -260,6 +271,7 @@ class VisionTransformer(nn.Module):
         attn_drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
         local_window: int | None = None,
+        pos_embed: str = "learned",
         features_only: bool = False,
         out_indices: Sequence[int] | None = None,
         attn_score: str = "scaled_dot",
@@ -278,6 +290,7 @@ class VisionTransformer(nn.Module):
         if local_window is not None and local_window < 0:
             raise ValueError(f"local_window must be None (global attention) or a radius ≥ 0 in patches, got "
                              f"{local_window}.")
+        self.pos_embed_kind = check_choice("pos_embed", pos_embed, POS_EMBEDS)
         self.in_chans = in_chans
         self.num_classes = num_classes
         self.global_pool = global_pool
@@ -287,7 +300,14 @@ class VisionTransformer(nn.Module):
 
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
-        self.pos_embed = nn.Parameter(torch.zeros(1, self.num_prefix_tokens + self.patch_embed.num_patches, embed_dim))
+        num_tokens = self.num_prefix_tokens + self.patch_embed.num_patches
+        if pos_embed == "learned":
+            self.pos_embed = nn.Parameter(torch.zeros(1, num_tokens, embed_dim))
+        elif pos_embed == "sinusoidal":
+            table = sincos_2d(self.patch_embed.grid_size, embed_dim, self.num_prefix_tokens)   # (1, T, C)
+            self.register_buffer("pos_embed", table, persistent=False)
+        else:
+            self.pos_embed = None                                                # timm's attribute for no encoding
         drop_path_rates = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
         self.blocks = nn.ModuleList(
             Block(embed_dim, num_heads, mlp_ratio, qkv_bias, attn_drop_rate, rate, attn_score)
@@ -305,7 +325,8 @@ class VisionTransformer(nn.Module):
 
     def _init_weights(self) -> None:
         # timm's default ('') scheme, so models trained from scratch here start like timm's.
-        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        if isinstance(self.pos_embed, nn.Parameter):
+            nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.normal_(self.cls_token, std=1e-6)
         for module in self.modules():
             if isinstance(module, nn.Linear):
@@ -324,6 +345,15 @@ class VisionTransformer(nn.Module):
                              f"split into whole patches; resize or crop it to a multiple of {ph}.")
         return height // ph, width // pw
 
+    def pos_embed_for(self, grid: tuple[int, int]) -> torch.Tensor | None:
+        """Position encodings (1, prefix + H·W, C) for an H×W patch grid (None with ``pos_embed='none'``): the
+        model's own for its build grid, else resampled (learned) or recomputed (sinusoidal)."""
+        if self.pos_embed is None or grid == self.patch_embed.grid_size:
+            return self.pos_embed
+        if self.pos_embed_kind == "sinusoidal":
+            return sincos_2d(grid, self.embed_dim, self.num_prefix_tokens).to(self.pos_embed)
+        return resample_pos_embed(self.pos_embed, grid, self.patch_embed.grid_size, self.num_prefix_tokens)
+
     def _take_indices(self, indices: Sequence[int] | None) -> list[int]:
         depth = len(self.blocks)
         if indices is None:
@@ -339,12 +369,11 @@ class VisionTransformer(nn.Module):
         """Images → (tokens (B, T, C), attention mask (T, T) or None, patch grid)."""
         check_images(type(self).__name__, x, self.in_chans)
         grid = self.grid_size_for(x.shape[-2:])
-        pos_embed = self.pos_embed
-        if grid != self.patch_embed.grid_size:
-            pos_embed = resample_pos_embed(pos_embed, grid, self.patch_embed.grid_size, self.num_prefix_tokens)
         x = self.patch_embed(x)                                                  # (B, N, C)
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)     # (B, 1 + N, C)
-        x = x + pos_embed
+        pos_embed = self.pos_embed_for(grid)
+        if pos_embed is not None:
+            x = x + pos_embed
         mask = None
         if self.local_window is not None:
             mask = local_attention_mask(grid, self.local_window, self.num_prefix_tokens, x.device)
@@ -425,13 +454,15 @@ class VisionTransformer(nn.Module):
                 raise ValueError(
                     f"This state_dict does not fit {type(self).__name__}(img_size={self.patch_embed.img_size}, "
                     f"patch_size={self.patch_embed.patch_size[0]}, embed_dim={self.embed_dim}, "
-                    f"depth={len(self.blocks)}, num_classes={self.num_classes}): {problems}. Build the model with "
-                    f"the checkpoint's configuration, or pass strict=False to load the matching part.")
+                    f"depth={len(self.blocks)}, num_classes={self.num_classes}, pos_embed={self.pos_embed_kind!r}): "
+                    f"{problems}. Build the model with the checkpoint's configuration, or pass strict=False to load "
+                    f"the matching part.")
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
 
 _TIMM_PRETRAINED = ("vit_tiny_patch16_224", "vit_small_patch16_224", "vit_base_patch16_224")
 _CVATTN_ONLY_ARGS = ("local_window", "features_only", "out_indices", "attn_score")
+_CVATTN_ONLY_ARGS = ("local_window", "pos_embed", "features_only", "out_indices")
 
 
 def load_timm_pretrained(model: VisionTransformer, name: str, **kwargs) -> VisionTransformer:
@@ -443,6 +474,10 @@ def load_timm_pretrained(model: VisionTransformer, name: str, **kwargs) -> Visio
     if name not in _TIMM_PRETRAINED:
         raise ValueError(f"No pretrained weights for {name!r}: timm publishes ImageNet weights for "
                          f"{', '.join(_TIMM_PRETRAINED)}; the small-image models train from scratch.")
+    if model.pos_embed_kind != "learned":
+        raise ValueError(f"pretrained=True needs pos_embed='learned' (timm's ImageNet weights hold learned position "
+                         f"embeddings), got pos_embed={model.pos_embed_kind!r}; drop pretrained or the pos_embed "
+                         f"argument.")
     import timm
 
     timm_kwargs = {k: v for k, v in kwargs.items() if k not in _CVATTN_ONLY_ARGS}

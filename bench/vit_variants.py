@@ -1,0 +1,145 @@
+"""ViT variants on Fashion-MNIST with one short recipe: position encodings, and single- against multi-head attention.
+
+    python bench/vit_variants.py [--out docs/vit_variants.md] [--rows learned sinusoidal none heads1 ...]
+        [--epochs 4] [--limit-train-batches 25] [--limit-val-batches 12] [--warmup-epochs 0.4]
+        [--precision 32-true] [--reuse-finished]
+
+Every row is one ``train.py`` run of ``configs/vit_fashion_mnist.yaml`` (width 128, depth 6, 4 heads, MLP 256,
+mean-pooled head; AdamW, cosine with warm-up, label smoothing, shifts and flips) shortened to ``--epochs`` epochs of
+``--limit-train-batches`` batches of 128, with only the model's keyword arguments changed; the script prints each
+run's command, so a row can be reproduced alone. Rows:
+
+- (a) ``learned`` / ``sinusoidal`` / ``none``: the ``pos_embed`` argument, nothing else changed;
+- (b) ``heads1``: 1 head of width 128 against ``learned`` (4 heads of 32): the same depth, width and parameters
+  (the Q/K/V and output projections do not depend on the number of heads);
+- (b) ``heads4_depth2`` / ``heads1_depth8``: the same number of parameters and of heads in total (8): 4 heads ×
+  2 blocks of width 128 against 1 head × 8 blocks of width 64 (a block has 8·width² weights), the comparison of
+  Liu et al. 2021, "Multi-head or Single-head? An Empirical Comparison for Transformer Training" (docs/references.md).
+
+Validation accuracy after every epoch is read on the first ``--limit-val-batches`` batches of the validation split
+(the same images every time); the test accuracy is that of the best-validation checkpoint on the whole test split.
+One process, one thread (``OMP_NUM_THREADS=1``), one run at a time; wall time and the child's CPU time are recorded.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from _common import ROOT, newest_run, test_accuracy
+from cvattn.models import create_model
+
+CONFIG = "configs/vit_fashion_mnist.yaml"
+BASE = dict(embed_dim=128, depth=6, num_heads=4, mlp_ratio=2.0, global_pool="avg")
+# name → (comparison, model_kwargs on top of BASE)
+ROWS = {
+    "learned": ("(a) position encoding", dict(pos_embed="learned")),
+    "sinusoidal": ("(a) position encoding", dict(pos_embed="sinusoidal")),
+    "none": ("(a) position encoding", dict(pos_embed="none")),
+    "heads1": ("(b) heads at equal depth and width", dict(num_heads=1)),
+    "heads4_depth2": ("(b) deeper single head, same parameters and total heads", dict(depth=2)),
+    "heads1_depth8": ("(b) deeper single head, same parameters and total heads",
+                      dict(embed_dim=64, depth=8, num_heads=1)),
+}
+
+
+def _flow(kwargs: dict) -> str:
+    return "{" + ", ".join(f"{k}: {v}" for k, v in kwargs.items()) + "}"
+
+
+def _curve(run_dir: Path) -> tuple[list[float], float]:
+    """(validation accuracy after each epoch, last epoch's training loss) from the run's metrics.csv."""
+    with open(run_dir / "metrics.csv") as file:
+        rows = list(csv.DictReader(file))
+    val = [float(r["val/acc"]) for r in rows if r.get("val/acc")]
+    train_loss = [float(r["train/loss_epoch"]) for r in rows if r.get("train/loss_epoch")]
+    return val, train_loss[-1] if train_loss else float("nan")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=None, help="also write the table to this markdown file")
+    parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--limit-train-batches", type=int, default=25)
+    parser.add_argument("--limit-val-batches", type=int, default=12)
+    parser.add_argument("--warmup-epochs", type=float, default=0.4)
+    parser.add_argument("--precision", default="32-true",
+                        help="Lightning's precision (bf16-mixed was slower than float32 for this model on one thread)")
+    parser.add_argument("--reuse-finished", action="store_true",
+                        help="read a row whose run already has a test result instead of training it again")
+    args = parser.parse_args()
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    steps = args.epochs * args.limit_train_batches
+    lines = []
+    for name in args.rows:
+        comparison, extra = ROWS[name]
+        kwargs = {**BASE, **extra}
+        run_name = f"vit_variants_{name}_{steps}steps"
+        overrides = ["--config", CONFIG, "--model.init_args.model_kwargs", _flow(kwargs),
+                     "--model.init_args.warmup_epochs", str(args.warmup_epochs),
+                     "--trainer.max_epochs", str(args.epochs),
+                     "--trainer.limit_train_batches", str(args.limit_train_batches),
+                     "--trainer.limit_val_batches", str(args.limit_val_batches),
+                     "--trainer.accelerator", "cpu", "--trainer.precision", args.precision,
+                     "--trainer.enable_progress_bar", "false", "--data.init_args.num_workers", "0",
+                     "--trainer.logger.init_args.name", run_name]
+        command = "OMP_NUM_THREADS=1 python train.py " + " ".join(
+            f"'{o}'" if " " in o or "{" in o else o for o in overrides)
+        print("$", command, flush=True)
+        finished = list((ROOT / "runs" / run_name).glob("version_*/vit_variants_timing.json"))  # written on success
+        if args.reuse_finished and finished:
+            run_dir = max((f.parent for f in finished), key=lambda p: int(p.name.split("_")[1]))
+        else:
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
+            start = time.perf_counter()
+            subprocess.run([sys.executable, "train.py", *overrides], cwd=ROOT, check=True, env=env,
+                           stdout=subprocess.DEVNULL)
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            run_dir = newest_run(run_name)
+            timing = dict(wall_s=time.perf_counter() - start,
+                          cpu_s=(after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime))
+            (run_dir / "vit_variants_timing.json").write_text(json.dumps(timing))
+        timing = json.loads((run_dir / "vit_variants_timing.json").read_text())
+        val, train_loss = _curve(run_dir)
+        with torch.device("meta"):
+            params = sum(p.numel() for p in create_model("vit_tiny_patch4_28", **kwargs).parameters())
+        shape = f"{kwargs['num_heads']} × {kwargs['depth']} × {kwargs['embed_dim']}"
+        row = (f"| {comparison} | `{name}` | {kwargs.get('pos_embed', 'learned')} | {shape} | {params:,} | "
+               f"{' / '.join(f'{100 * v:.1f}' for v in val)} | {100 * test_accuracy(run_dir):.2f} | "
+               f"{train_loss:.3f} | {timing['wall_s'] / 60:.1f} | {timing['cpu_s'] / 60:.1f} |")
+        print(row, flush=True)
+        lines.append(row)
+
+    header = [
+        f"Fashion-MNIST, `{CONFIG}` shortened to {args.epochs} epochs × {args.limit_train_batches} batches of 128 "
+        f"({steps} steps, {steps * 128:,} images, {steps * 128 / 54_000:.2f} passes over the 54k training images), "
+        f"warm-up {args.warmup_epochs} epoch then cosine; validation on the first {args.limit_val_batches * 128:,} "
+        f"validation images after each epoch; test: best-validation checkpoint on the 10,000 test images. "
+        f"Seed 0, one run per row, precision {args.precision}; hardware: {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} cores, one process with OMP_NUM_THREADS=1; torch {torch.__version__}.",
+        f"Command: `python bench/vit_variants.py {' '.join(sys.argv[1:])}`.",
+        "",
+        "| comparison | row | pos_embed | heads × depth × width | params | val acc (%) per epoch | test acc (%) "
+        "| final train loss | wall (min) | CPU (min) |",
+        "| --- | --- | --- | --- | ---: | --- | ---: | ---: | ---: | ---: |",
+    ]
+    table = "\n".join(header + lines) + "\n"
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(table)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
