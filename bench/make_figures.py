@@ -64,8 +64,17 @@ def missing_message(missing: list[str], objects: int) -> str:
 
 
 def command_words(model: str, objects: int) -> list[str]:
-    """``saliency_results.train_command`` with ``python`` for this interpreter's path."""
-    return ["python" if word == sys.executable else word for word in bench.train_command(model, objects)]
+    """``saliency_results.train_command``, run by ``python`` (not by this interpreter's path)."""
+    return ["python", *(word for word in bench.train_command(model, objects) if word != sys.executable)]
+
+
+def trainable(model: str, objects: int) -> bool:
+    """Whether the benchmark trains ``model`` for canvases of ``objects`` objects (the RAM: one object only)."""
+    try:
+        bench.train_command(model, objects)
+    except ValueError:
+        return False
+    return True
 
 
 def run_config(checkpoint: Path) -> Path:
@@ -228,7 +237,7 @@ def make_figures(out: Path, objects: int = 1, rows: int = 4, allow_missing: bool
                  seed: int = 0) -> list[Path]:
     """Write the figures of the trained models into ``out``; raise ``MissingCheckpoints`` (with the training
     commands) when one is missing and ``allow_missing`` is not set, or when none is trained."""
-    wanted = [model for _, model, _ in COLUMNS]
+    wanted = [model for _, model, _ in COLUMNS if trainable(model, objects)]
     checkpoints = {model: bench.best_checkpoint(model, objects) for model in wanted}
     missing = [model for model, checkpoint in checkpoints.items() if checkpoint is None]
     if missing and (not allow_missing or len(missing) == len(wanted)):
@@ -238,12 +247,17 @@ def make_figures(out: Path, objects: int = 1, rows: int = 4, allow_missing: bool
     for model, checkpoint in checkpoints.items():
         if checkpoint is not None:
             models[model], datas[model] = load(Path(checkpoint))
+    # Every column shows the canvases of the first model's data, which every model must take as its input.
     data = next(iter(datas.values()))
-    other = [m for m, d in datas.items() if (d.image_size, d.canvas_size, d.seed) != (data.image_size,
-                                                                                     data.canvas_size, data.seed)]
+    data.num_objects = objects              # the multi-object models (trained on 3) are shown on `objects` too
+
+    def seen(d):
+        return d.image_size, d.in_chans, tuple(d.mean), tuple(d.std)
+
+    other = [model for model, d in datas.items() if seen(d) != seen(data)]
     if other:
-        raise ValueError(f"{', '.join(other)} were trained on other canvases than {next(iter(datas))}: the figure "
-                         f"shows the same canvases in every column; retrain them with the benchmark's commands.")
+        raise ValueError(f"{', '.join(other)} were trained on other images than {next(iter(datas))} "
+                         f"({seen(data)}: size, channels, mean, std): retrain them with the benchmark's commands.")
     for model in missing:
         print(f"left out (not trained): {model}; train it with: {' '.join(command_words(model, objects))}")
     written = [save(families_figure(models, data, rows), out / "attention_families.png")]

@@ -75,8 +75,8 @@ def benchmark_checkpoint(model: str, objects: int = 1) -> tuple[Path | None, str
     bench = _benchmark()
     if bench is None:
         return None, ""
-    command = " ".join("python" if part == sys.executable else part for part in bench.train_command(model, objects))
-    return bench.best_checkpoint(model, objects), command
+    words = [word for word in bench.train_command(model, objects) if word != sys.executable]
+    return bench.best_checkpoint(model, objects), " ".join(["python", *words])
 
 
 def _run_config(checkpoint: Path) -> Path:

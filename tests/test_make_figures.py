@@ -31,8 +31,10 @@ TINY = {   # stand-ins for the benchmark's models (their names), as small as the
 
 
 def fake_command(model: str, objects: int) -> list[str]:
-    return [sys.executable, "train.py", "--config", f"configs/{model}.yaml", "--data.init_args.num_objects",
-            str(objects)]
+    """As saliency_results.train_command: without the interpreter; no multi-object RAM."""
+    if model == "ram" and objects != 1:
+        raise ValueError("The RAM classifies one object per canvas: there is no multi-object RAM; use objects=1.")
+    return ["train.py", "--config", f"configs/{model}.yaml", "--data.init_args.num_objects", str(objects)]
 
 
 @pytest.fixture
@@ -68,7 +70,9 @@ def test_missing_checkpoints_are_an_error_naming_each_training_command(trained, 
 
     trained.clear()                                              # none trained: an error even with --allow-missing
     assert make_figures.main(["--out", str(tmp_path / "figures"), "--allow-missing", "--objects", "2"]) == 2
-    assert "--data.init_args.num_objects 2" in capsys.readouterr().err
+    error = capsys.readouterr().err                              # no multi-object RAM: not asked for
+    assert "for convnet4, se_convnet4, eca_convnet4, cbam_convnet4, vit (objects=2)" in error
+    assert "--data.init_args.num_objects 2" in error and "ram:" not in error
 
 
 def columns_with_content(path: Path, columns: int) -> list[bool]:
