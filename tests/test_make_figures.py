@@ -78,7 +78,7 @@ def test_missing_checkpoints_are_an_error_naming_each_training_command(trained, 
 def columns_with_content(path: Path, columns: int) -> list[bool]:
     """For each of ``columns`` equal vertical strips of the PNG: whether it holds any coloured (non-grey) pixel,
     i.e. a heat map or a coloured glimpse path rather than only the grey-scale canvas and white background."""
-    rgb = torch.from_numpy(np.asarray(Image.open(path).convert("RGB"))).short()        # (H, W, 3)
+    rgb = torch.from_numpy(np.array(Image.open(path).convert("RGB"))).short()          # (H, W, 3)
     chroma = (rgb.amax(-1) - rgb.amin(-1)) > 60                   # saturated: not grey, not white
     strips = chroma.tensor_split(columns, dim=1)
     return [bool(strip.float().mean() > 0.01) for strip in strips]
