@@ -19,7 +19,6 @@ error naming the command that trains it; ``--allow-missing`` leaves its column (
 from __future__ import annotations
 
 import argparse
-import copy
 import io
 import sys
 from pathlib import Path
@@ -35,8 +34,7 @@ import saliency_results as bench
 from _common import ROOT
 from cvattn.checkpoint import load_weights
 from cvattn.config import build_from_config
-from cvattn.saliency import draw_glimpses, overlay, saliency, spearman
-from cvattn.saliency.sanity import parametrised_modules, reinitialise
+from cvattn.saliency import draw_glimpses, overlay, randomised_copy, saliency, spearman
 
 MAX_BYTES = 300_000   # per PNG: the README and the gallery load every figure
 DPI = 80
@@ -204,22 +202,11 @@ def ram_figure(ram, data, per_case: int = 3) -> Figure:
     return figure
 
 
-def randomised(module, seed: int = 0):
-    """A copy of ``module`` with every parametrised layer re-initialised, as the last step of
-    ``randomisation_test`` (same order, same seed)."""
-    copied = copy.deepcopy(module)
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        for _, layer in reversed(parametrised_modules(copied)):
-            reinitialise(layer)
-    return copied.eval()
-
-
 def sanity_figure(cnn, data, rows: int, name: str) -> Figure:
     """Grad-CAM of the trained CNN beside Grad-CAM of it fully randomised, with their Spearman correlation."""
     images, target, boxes = test_canvases(data, rows)
     trained = saliency(cnn, images, "gradcam", target=target)
-    random_maps = saliency(randomised(cnn), images, "gradcam", target=target)
+    random_maps = saliency(randomised_copy(cnn).eval(), images, "gradcam", target=target)
     figure = Figure(figsize=(4.5, 1.45 * len(images) + 0.5), layout="constrained")
     axes = figure.subplots(len(images), 3, squeeze=False)
     for row in range(len(images)):

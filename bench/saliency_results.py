@@ -83,14 +83,17 @@ def train_command(model: str, objects: int) -> list[str]:
 
 
 def best_checkpoint(model: str, objects: int) -> Path | None:
-    """The best-validation checkpoint of the newest run of ``train_command(model, objects)``, or None if it has
-    not been trained."""
-    runs = sorted((ROOT / "runs" / run_name(model, trained_objects(objects))).glob("version_*"),
-                  key=lambda path: int(path.name.split("_")[1]))
-    for run in reversed(runs):
-        checkpoints = sorted((run / "checkpoints").glob("epoch=*.ckpt"))
-        if checkpoints:
-            return checkpoints[-1]
+    """The best-validation checkpoint of the newest trained run of ``model`` for scoring on ``objects`` garments,
+    or None if there is none. On one garment: the single-object model when it has been trained, else the
+    multi-object one (which is scored on one-garment canvases too)."""
+    candidates = [trained_objects(objects)] + ([3] if objects == 1 and model != "ram" else [])
+    for trained in candidates:
+        runs = sorted((ROOT / "runs" / run_name(model, trained)).glob("version_*"),
+                      key=lambda path: int(path.name.split("_")[1]))
+        for run in reversed(runs):
+            checkpoints = sorted((run / "checkpoints").glob("epoch=*.ckpt"))
+            if checkpoints:
+                return checkpoints[-1]
     return None
 
 

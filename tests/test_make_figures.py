@@ -12,6 +12,7 @@ from PIL import Image
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 sys.path.insert(0, str(BENCH))
 import make_figures  # noqa: E402
+from cvattn.saliency import randomised_copy  # noqa: E402
 
 CANVAS = 100
 DATA = {"class_path": "cvattn.data.FashionMNISTDataModule",
@@ -115,6 +116,6 @@ def test_spearman_title_is_randomisation_tests_last_step(trained):
     images, target, _ = make_figures.test_canvases(data, 4)
     table = randomisation_test(module, images, "gradcam", target=target)
     maps = saliency(module, images, "gradcam", target=target)
-    ours = saliency(make_figures.randomised(module), images, "gradcam", target=target)
+    ours = saliency(randomised_copy(module).eval(), images, "gradcam", target=target)
     assert spearman(maps, ours).nanmean().item() == pytest.approx(table[-1]["spearman"], abs=1e-6)
     assert table[-1]["layer"] != "none" and len(table) > 2          # the last row: every layer re-initialised
