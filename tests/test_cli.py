@@ -56,7 +56,7 @@ def test_command_line_typo_suggests_the_option(config_path, capsys):
      "Bad value for model.init_args.lr: expected a float, got 'fast'"),
     (lambda c: c["model"].update(class_path="cvattn.lightning.ImageClasifier"),
      "Unknown class_path 'cvattn.lightning.ImageClasifier'. Did you mean cvattn.lightning.ImageClassifier"),
-    (lambda c: c["model"]["init_args"].update(model="convnet3"), "Unknown model 'convnet3'. Did you mean 'convnet2'?"),
+    (lambda c: c["model"]["init_args"].update(model="convnet3"), "Unknown model 'convnet3'. Did you mean 'convnet4', 'convnet2'"),
     (lambda c: c["model"]["init_args"].update(lr=0.0), "lr must be > 0, got 0.0"),
     (lambda c: c["data"]["init_args"].update(batch_size=-4), "batch_size must be a positive integer, got -4"),
     (lambda c: c["data"]["init_args"].update(root="no_such_folder"), "Image folder no_such_folder does not exist"),
