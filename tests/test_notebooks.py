@@ -25,6 +25,7 @@ EXPECTED = {
     "explain_your_model.ipynb": (4, ["methods for the ViT: ['attention', 'rollout', 'grad_rollout', 'gradcam'",
                                      "methods for ResNet-18: ['gradcam'", "Wrote 1 figure and index.html",
                                      "'index.html'"]),
+    "trust_your_map.ipynb": (3, ["| brightness | 1.00 | 1.00 |", "randomised in this order: fc,", "| gradcam |"]),
 }
 RERUN = "re-run `python notebooks/execute.py {name}` (or --fast) and commit the notebook"
 
