@@ -33,6 +33,7 @@ from pathlib import Path
 
 import torch
 
+import cvattn
 from _common import ROOT, hardware
 from cvattn.checkpoint import load_weights
 from cvattn.config import build_from_config
@@ -63,8 +64,10 @@ def run_name(model: str, objects: int) -> str:
 def train_command(model: str, objects: int) -> list[str]:
     """The ``train.py`` command (without the interpreter) that trains ``model`` for scoring on ``objects``
     garments per canvas."""
-    if model not in MODELS:
-        raise ValueError(f"Unknown model {model!r}; accepted: {', '.join(MODELS)}.")
+    attn = model.removesuffix("convnet4").rstrip("_")
+    if model not in MODELS and not (model.endswith("_convnet4") and attn in cvattn.list_attn()):
+        raise ValueError(f"Unknown model {model!r}; accepted: {', '.join(MODELS)}, or <attention>_convnet4 for "
+                         f"any name of cvattn.list_attn().")
     trained = trained_objects(objects)
     if model == "ram":
         if trained != 1:
@@ -77,7 +80,6 @@ def train_command(model: str, objects: int) -> list[str]:
                  "--trainer.max_steps", str(VIT_STEPS),
                  "--trainer.precision", "32-true"]   # bf16 autocast makes this small ViT slower on a CPU
     else:
-        attn = model.removesuffix("convnet4").rstrip("_")
         extra = ["--model.init_args.model_kwargs", json.dumps({"attn_layer": attn} if attn else {})]
     return ["train.py", "--config", CONFIGS[trained], *extra, "--trainer.logger.init_args.name", run_name(model, trained)]
 
@@ -170,7 +172,8 @@ def table(rows: list[dict]) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--models", nargs="+", default=MODELS[:-1], choices=MODELS)
+    parser.add_argument("--models", nargs="+", default=MODELS[:-1],
+                        help=f"{', '.join(MODELS)}, or <attention>_convnet4 for any block of cvattn.list_attn()")
     parser.add_argument("--train-objects", nargs="+", type=int, default=[3], choices=[1, 3],
                         help="3: the multi-object models (scored on 1, 2 and 3 garments); 1: single-object models")
     parser.add_argument("--eval-batches", type=int, default=4, help="test batches of 64 scored per model")
