@@ -38,6 +38,7 @@ from _common import ROOT, hardware
 from cvattn.checkpoint import load_weights
 from cvattn.config import build_from_config
 from cvattn.data import FashionMNISTDataModule
+from cvattn.lightning import MultiLabelClassifier
 from cvattn.saliency import BASELINES, evaluate, randomised_copy
 from cvattn.saliency.runtime import objects_of, unwrap
 
@@ -106,7 +107,7 @@ def load(model: str, objects: int) -> tuple[torch.nn.Module, bool]:
         raise FileNotFoundError(f"{model} (objects={objects}) is not trained: python {' '.join(train_command(model, objects))}")
     module, _ = build_from_config(checkpoint.parents[1] / "config.yaml")
     load_weights(module, checkpoint)
-    return module.eval(), type(module).__name__ == "MultiLabelClassifier"
+    return module.eval(), isinstance(module, MultiLabelClassifier)
 
 
 def test_data(objects: int) -> FashionMNISTDataModule:
