@@ -6,8 +6,8 @@
 ``activation_and_gradient``/``first_component``, ``adapt`` (the view through which timm, torchvision and Hugging Face
 classifiers are read), ``overlay``/``overlay_row``/``saliency_grid``/``draw_glimpses``, the metrics
 ``pointing_game``/``energy_in_box``/``deletion_auc``/``insertion_auc``/``road``, ``evaluate(model, datamodule,
-methods)``, the sanity check ``randomisation_test`` (with ``spearman``/``ssim``), and ``python -m cvattn.saliency``
-(docs/saliency.md).
+methods)``, the sanity check ``randomisation_test`` (with ``spearman``/``ssim``) and ``randomised_copy`` (its last
+step as a model, for scoring any method on a randomised network), and ``python -m cvattn.saliency`` (docs/saliency.md).
 """
 from cvattn.saliency.adapters import adapt
 from cvattn.saliency.api import BASELINES, saliency
