@@ -101,7 +101,8 @@ def canvas_data(canvas_size: int = 60, num_distractors: int = 4, batch_size: int
     ``num_distractors`` distractor patches, so every batch is ``(images, labels, boxes)`` with the object's box.
 
     In full mode, when the benchmark has trained a model (and neither your images nor CIFAR-10 are asked for): the
-    data that model was trained on, its canvas and clutter instead of ``canvas_size`` and ``num_distractors``.
+    data that model was trained on, its canvas and clutter instead of ``canvas_size`` and ``num_distractors``, with
+    one object per canvas (a model trained on several is drawn on one).
     """
     from cvattn.config import build_from_config
     from cvattn.data import CIFAR10DataModule, FashionMNISTDataModule, ImageFolderDataModule
@@ -115,6 +116,7 @@ def canvas_data(canvas_size: int = 60, num_distractors: int = 4, batch_size: int
     if trained is not None:
         data = build_from_config(_run_config(trained))[1]
         data.batch_size, data.num_workers = batch_size, 0
+        data.num_objects = 1          # the notebooks' batches are (images, labels, boxes) of one object each
         # train.py ran in the repository's root, so its data_dir is relative to it, not to notebooks/
         data.data_dir = str(BENCHMARK.parents[1] / data.data_dir)
         source = f"the benchmark's data ({_shown(_run_config(trained))})"

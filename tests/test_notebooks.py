@@ -142,8 +142,8 @@ def test_full_mode_loads_the_benchmarks_models_and_data_or_says_how_to_train_the
         "model": {"class_path": "cvattn.lightning.ImageClassifier",
                   "init_args": {"model": "convnet2", "model_kwargs": {"width": 4}, "in_chans": 1}},
         "data": {"class_path": "cvattn.data.FashionMNISTDataModule",
-                 "init_args": {"data_dir": str(tmp_path / "data"), "canvas_size": 40, "num_distractors": 2,
-                               "batch_size": 128, "num_workers": 2, "download": False}}}))
+                 "init_args": {"data_dir": str(tmp_path / "data"), "canvas_size": 60, "num_distractors": 2,
+                               "batch_size": 128, "num_workers": 2, "download": False, "num_objects": 2}}}))
     benchmark_model = build_from_config(run / "config.yaml")[0]
     with torch.no_grad():
         for i, param in enumerate(benchmark_model.parameters()):
@@ -158,8 +158,9 @@ def test_full_mode_loads_the_benchmarks_models_and_data_or_says_how_to_train_the
     monkeypatch.setattr(helper, "CHECKPOINTS", None)
     monkeypatch.delenv("CVATTN_IMAGE_FOLDER", raising=False)
 
-    data = helper.canvas_data(canvas_size=60, batch_size=8)
-    assert data.image_size == (40, 40) and (data.batch_size, data.num_workers) == (8, 0)   # the benchmark's canvas
+    data = helper.canvas_data(canvas_size=50, batch_size=8)
+    assert data.image_size == (60, 60) and (data.batch_size, data.num_workers) == (8, 0)   # the benchmark's canvas
+    assert data.num_objects == 1     # a multi-object benchmark's canvases, one object each: (images, labels, boxes)
     assert "the benchmark's data (" in capsys.readouterr().out
 
     def own() -> ImageClassifier:

@@ -233,7 +233,8 @@ def test_pretrained_copies_timm_weights(monkeypatch):
         return reference["model"]
 
     monkeypatch.setattr(timm, "create_model", fake_create_model)
-    model = create_model("vit_tiny_patch16_224", pretrained=True, depth=2, num_classes=5, local_window=2)
+    model = create_model("vit_tiny_patch16_224", pretrained=True, depth=2, num_classes=5, local_window=2,
+                         attn_score="scaled_dot", stem_channels=())
     assert reference["name"] == "vit_tiny_patch16_224" and reference["pretrained"] is True
     assert reference["kwargs"] == dict(depth=2, num_classes=5)                  # cvattn-only options stay here
     for key, value in reference["model"].state_dict().items():
@@ -286,3 +287,36 @@ def test_foreign_state_dict_error_names_keys_and_shapes():
         model.load_state_dict(wider.state_dict())
     with pytest.raises(ValueError, match="unexpected keys"):
         model.load_state_dict(create_model("resnet20").state_dict())
+
+
+@pytest.mark.parametrize("patch_size, stem, strides, projection", [
+    (16, [8, 16, 32, 64], [2, 2, 2, 2], 1),   # Xiao et al.'s stem: stride-2 convolutions, then a 1×1 projection
+    (10, [16, 32], [2, 1], 5),                # 10 = 2 · 5: one halving, then the 5×5 projection covers the rest
+    (4, [8], [2], 2),
+])
+def test_conv_stem_covers_the_patch_exactly(patch_size, stem, strides, projection):
+    size = 4 * patch_size
+    model = VisionTransformer(img_size=size, patch_size=patch_size, in_chans=1, num_classes=3, embed_dim=24,
+                              depth=2, num_heads=2, stem_channels=stem).eval()
+    convs = [m for m in model.patch_embed.stem if isinstance(m, torch.nn.Conv2d)]
+    assert [c.stride[0] for c in convs] == strides and [c.out_channels for c in convs] == stem
+    assert model.patch_embed.proj.kernel_size == (projection, projection) == model.patch_embed.proj.stride
+    x = torch.randn(2, 1, size, size)
+    tokens = model.patch_embed(x)
+    assert tokens.shape == (2, 16, 24) and model.grid_size_for((size, size)) == (4, 4)
+    # token r·4 + c depends on patch (r, c) and, through the 3×3 convolutions, a few pixels around it only
+    changed = x.clone()
+    changed[..., :patch_size, :patch_size] += 1.0                      # patch (0, 0)
+    moved = (model.patch_embed(changed) - tokens).abs().sum(-1).reshape(2, 4, 4)     # (B, rows, columns)
+    assert (moved[:, 0, 0] > 0).all() and (moved[:, 2:, :] == 0).all() and (moved[:, :, 2:] == 0).all()
+    with torch.no_grad():
+        logits, attn = model.forward_attention(x)
+        torch.testing.assert_close(logits, model(x), atol=1e-5, rtol=0)
+    assert attn.shape == (2, 2, 2, 17, 17)
+
+
+def test_conv_stem_bad_values_are_named():
+    with pytest.raises(ValueError, match=r"stem_channels must be positive widths .* got \[16, 0\]"):
+        VisionTransformer(**TINY_28, stem_channels=[16, 0])
+    with pytest.raises(ValueError, match=r"pretrained=True needs stem_channels=\(\)"):
+        create_model("vit_tiny_patch16_224", pretrained=True, stem_channels=[8])

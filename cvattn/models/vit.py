@@ -28,6 +28,10 @@ Deviations from the paper and from timm:
   no such option; it is the "local attention" of Ramachandran et al. (NeurIPS 2019) applied to ViT tokens.
 - ``attn_score`` swaps the score function QKᵀ/√d_head for Luong's dot or general or Bahdanau's additive score
   (``cvattn.layers.score_attention``); those run the explicit path in ``forward`` too.
+- ``stem_channels`` puts a convolutional stem (3×3 convolutions, BatchNorm, ReLU; Xiao et al. 2021) before the
+  patch projection; the paper's ViT (and the default) projects raw pixels. A ViT trained from scratch on a few
+  hundred thousand cluttered canvases hardly learns with the plain projection and learns with the stem
+  (docs/results.md, "Saliency benchmark").
 - Only a class token, absolute position encodings and 'token'/'avg' pooling: no register tokens,
   layer scale, QK-norm or attention pooling.
 """
@@ -85,16 +89,29 @@ def local_attention_mask(
 
 
 class PatchEmbed(nn.Module):
-    """Image (B, C, H, W) → patch tokens (B, H/p · W/p, embed_dim), by a p×p convolution with stride p.
+    """Image (B, C, H, W) → patch tokens (B, H/p · W/p, embed_dim): a p×p convolution with stride p, or, with
+    ``stem_channels``, a convolutional stem and then that projection at the stem's resolution.
+
+    The stem (Xiao et al. 2021, "Early Convolutions Help Transformers See Better", NeurIPS 2021) is one 3×3
+    convolution → BatchNorm → ReLU per entry of ``stem_channels``; each halves the resolution while the part of p
+    still to be covered is even, and keeps it otherwise; the projection's kernel and stride are what remains of p.
+    With p = 2ⁿ and n stem convolutions that is the paper's stem (n stride-2 convolutions, then a 1×1 projection);
+    with p = 10 and two, a stride-2 and a stride-1 convolution and a 5×5 projection of stride 5. The tokens keep
+    their p×p patch of the image (``grid_size``, ``patch_size``); each sees a little more around it (the 3×3
+    convolutions' reach).
 
     ``grid_size`` is the patch grid of the build size ``img_size``; other sizes are accepted (see
     ``VisionTransformer.grid_size_for``).
     """
 
-    def __init__(self, img_size: int | Sequence[int], patch_size: int, in_chans: int, embed_dim: int):
+    def __init__(self, img_size: int | Sequence[int], patch_size: int, in_chans: int, embed_dim: int,
+                 stem_channels: Sequence[int] = ()):
         super().__init__()
         if patch_size < 1:
             raise ValueError(f"patch_size must be a positive number of pixels, got {patch_size}.")
+        if any(int(width) < 1 for width in stem_channels):
+            raise ValueError(f"stem_channels must be positive widths (one 3×3 convolution each), got "
+                             f"{list(stem_channels)}; use () for the plain patch projection.")
         self.img_size = _pair(img_size)
         self.patch_size = (patch_size, patch_size)
         if self.img_size[0] % patch_size or self.img_size[1] % patch_size:
@@ -102,10 +119,18 @@ class PatchEmbed(nn.Module):
                              f"split into whole patches; use an img_size that is a multiple of {patch_size}.")
         self.grid_size = (self.img_size[0] // patch_size, self.img_size[1] // patch_size)
         self.num_patches = self.grid_size[0] * self.grid_size[1]
-        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+        layers, remaining, channels = [], patch_size, in_chans
+        for width in stem_channels:
+            stride = 2 if remaining % 2 == 0 else 1
+            remaining //= stride
+            layers += [nn.Conv2d(channels, width, 3, stride, padding=1, bias=False), nn.BatchNorm2d(width),
+                       nn.ReLU(inplace=True)]
+            channels = width
+        self.stem = nn.Sequential(*layers) if layers else nn.Identity()
+        self.proj = nn.Conv2d(channels, embed_dim, kernel_size=remaining, stride=remaining)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(x).flatten(2).transpose(1, 2)                          # (B, N, C)
+        return self.proj(self.stem(x)).flatten(2).transpose(1, 2)              # (B, N, C)
 
 
 class Attention(nn.Module):
@@ -252,6 +277,8 @@ class VisionTransformer(nn.Module):
             table is a non-persistent buffer: it is a function of the constructor arguments, rebuilt by
             ``__init__``, so checkpoints do without it, and a learned model's checkpoint (which has a
             ``pos_embed`` key) cannot load silently over it: the strict load names the key instead.
+        stem_channels: widths of a convolutional stem before the patch projection (``PatchEmbed``; Xiao et al.
+            2021); () (the default) is the paper's plain p×p projection. timm's ImageNet weights have no stem.
         features_only, out_indices: build a backbone returning the maps of the blocks ``out_indices`` (all if None).
     """
 
@@ -275,6 +302,7 @@ class VisionTransformer(nn.Module):
         features_only: bool = False,
         out_indices: Sequence[int] | None = None,
         attn_score: str = "scaled_dot",
+        stem_channels: Sequence[int] = (),
     ):
         super().__init__()
         if global_pool not in GLOBAL_POOLS:
@@ -298,7 +326,7 @@ class VisionTransformer(nn.Module):
         self.num_prefix_tokens = 1
         self.local_window = local_window
 
-        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
+        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim, stem_channels)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         num_tokens = self.num_prefix_tokens + self.patch_embed.num_patches
         if pos_embed == "learned":
@@ -461,8 +489,7 @@ class VisionTransformer(nn.Module):
 
 
 _TIMM_PRETRAINED = ("vit_tiny_patch16_224", "vit_small_patch16_224", "vit_base_patch16_224")
-_CVATTN_ONLY_ARGS = ("local_window", "features_only", "out_indices", "attn_score")
-_CVATTN_ONLY_ARGS = ("local_window", "pos_embed", "features_only", "out_indices")
+_CVATTN_ONLY_ARGS = ("local_window", "pos_embed", "features_only", "out_indices", "attn_score", "stem_channels")
 
 
 def load_timm_pretrained(model: VisionTransformer, name: str, **kwargs) -> VisionTransformer:
@@ -478,6 +505,9 @@ def load_timm_pretrained(model: VisionTransformer, name: str, **kwargs) -> Visio
         raise ValueError(f"pretrained=True needs pos_embed='learned' (timm's ImageNet weights hold learned position "
                          f"embeddings), got pos_embed={model.pos_embed_kind!r}; drop pretrained or the pos_embed "
                          f"argument.")
+    if not isinstance(model.patch_embed.stem, nn.Identity):
+        raise ValueError("pretrained=True needs stem_channels=() (timm's ImageNet weights project raw pixels; they "
+                         "have no convolutional stem); drop pretrained or the stem_channels argument.")
     import timm
 
     timm_kwargs = {k: v for k, v in kwargs.items() if k not in _CVATTN_ONLY_ARGS}
