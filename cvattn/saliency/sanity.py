@@ -28,6 +28,7 @@ global random state.
 from __future__ import annotations
 
 import copy
+from typing import Iterator
 
 import torch
 import torch.nn as nn
@@ -113,18 +114,27 @@ def reinitialise(module: nn.Module) -> None:
         param.normal_(0.0, std if std > 0 else 0.02)
 
 
-def randomised_copy(model: nn.Module, seed: int = 0) -> nn.Module:
-    """A deep copy of ``model`` with every parametrised module re-initialised (``reinitialise``, seeded by ``seed``
-    without touching the global random state); ``model`` is not modified."""
-    randomised = copy.deepcopy(unwrap(model))
+def _cascade(model: nn.Module, seed: int) -> Iterator[tuple[str, nn.Module]]:
+    """Cascading randomisation of a deep copy of ``model``: re-initialises its parametrised modules one at a time,
+    from the output side, and yields ``(module path, the copy)`` after each; seeded by ``seed`` without touching the
+    global random state (the fork lasts until the generator is exhausted or closed)."""
+    randomised = copy.deepcopy(model)
     layers = parametrised_modules(randomised)
     if not layers:
-        raise ValueError(f"{type(unwrap(model)).__name__} has no parameters to randomise.")
+        raise ValueError(f"{type(model).__name__} has no parameters to randomise.")
     device = next(randomised.parameters()).device
     with torch.random.fork_rng(devices=[device.index] if device.type == "cuda" else []):
         torch.manual_seed(seed)
-        for _, module in reversed(layers):
+        for path, module in reversed(layers):
             reinitialise(module)
+            yield path, randomised
+
+
+def randomised_copy(model: nn.Module, seed: int = 0) -> nn.Module:
+    """A deep copy of ``model`` with every parametrised module re-initialised (``reinitialise``, seeded by ``seed``
+    without touching the global random state); ``model`` is not modified."""
+    for _, randomised in _cascade(unwrap(model), seed):
+        pass
     return randomised
 
 
@@ -157,12 +167,6 @@ def randomisation_test(
     with inspection_mode(model), torch.no_grad():
         targets = resolve_targets(target, adapt(model)(images.detach()))
     trained = saliency(model, images, method, target=targets, **options)          # (B, H, W)
-    randomised = copy.deepcopy(model)
-    layers = parametrised_modules(randomised)
-    if not layers:
-        raise ValueError(f"{type(model).__name__} has no parameters to randomise.")
-    device = next(randomised.parameters()).device
-
     def row(layer: str, maps: torch.Tensor) -> dict[str, float | str]:
         entry = {"layer": layer, "spearman": spearman(trained, maps).nanmean().item(),
                  "ssim": ssim(trained, maps).mean().item()}
@@ -171,9 +175,6 @@ def randomisation_test(
         return entry
 
     table = [row("none", trained)]
-    with torch.random.fork_rng(devices=[device.index] if device.type == "cuda" else []):
-        torch.manual_seed(seed)
-        for path, module in reversed(layers):
-            reinitialise(module)
-            table.append(row(path, saliency(randomised, images, method, target=targets, **options)))
+    for path, randomised in _cascade(model, seed):
+        table.append(row(path, saliency(randomised, images, method, target=targets, **options)))
     return table
