@@ -7,6 +7,10 @@
   attention rollout and the RAM's glimpse path.
 - ``vit_heads.png``: the ViT's class-token attention for every head and layer of one correctly classified canvas.
 - ``ram_glimpses.png``: the RAM's glimpse path on canvases it classifies correctly and wrongly.
+- ``class_conditional.png``: canvases with three garments; for each method, its map for each garment's class in
+  turn (that garment's box outlined): Grad-CAM of the plain CNN and the per-class pooling head's attention move to
+  the garment of the class asked for, the CBAM spatial gate draws the same map whatever the class (the benchmark's
+  class-conditional pointing game, docs/saliency.md). From the multi-object models (trained on three garments).
 - ``sanity_check.png``: Grad-CAM of the trained plain CNN beside Grad-CAM of the same network with every layer
   re-initialised, as the last step of ``cvattn.saliency.randomisation_test`` (Adebayo et al. 2018,
   docs/references.md, "Saliency evaluation"): a map that survives the randomisation shows the image, not the
@@ -35,6 +39,7 @@ from _common import ROOT
 from cvattn.checkpoint import load_weights
 from cvattn.config import build_from_config
 from cvattn.saliency import draw_glimpses, overlay, randomised_copy, saliency, spearman
+from cvattn.saliency.runtime import objects_of
 
 MAX_BYTES = 300_000   # per PNG: the README and the gallery load every figure
 DPI = 80
@@ -46,6 +51,13 @@ COLUMNS = [
     ("CBAM · spatial gate", "cbam_convnet4", "spatial_gate"),
     ("ViT · rollout", "vit", "rollout"),
     ("RAM · glimpses", "ram", None),
+]
+
+# The class-conditional figure's rows: (title, benchmark model trained on three garments, saliency method).
+CLASS_ROWS = [
+    ("plain CNN · Grad-CAM", "convnet4", "gradcam"),
+    ("per-class pooling head", "classattn_convnet4", "pool_attention"),
+    ("CBAM · spatial gate", "cbam_convnet4", "spatial_gate"),
 ]
 
 
@@ -147,6 +159,29 @@ def families_figure(models: dict, data, rows: int) -> Figure:
             for row in range(len(images)):
                 show_image(axes[row, col], images[row], data, boxes[row], maps[row])
         axes[0, col].set_title(title, fontsize=8)
+    return figure
+
+
+def class_conditional_figure(models: dict, data, canvases: int = 2) -> Figure:
+    """For each of the first ``canvases`` multi-object test canvases and each trained model of ``CLASS_ROWS``: the
+    canvas, then the model's map for each garment's class, with that garment's box."""
+    data.num_workers = 0
+    data.setup("test")
+    images, classes, boxes = objects_of(next(iter(data.test_dataloader())))  # (B, C, H, W), (B, k), (B, k, 4)
+    rows = [(title, model, method) for title, model, method in CLASS_ROWS if model in models]
+    objects = classes.shape[1]
+    figure = Figure(figsize=(1.45 * (1 + objects), 1.5 * canvases * len(rows) + 0.3), layout="constrained")
+    axes = figure.subplots(canvases * len(rows), 1 + objects, squeeze=False)
+    for index in range(canvases):
+        for offset, (title, model, method) in enumerate(rows):
+            row = axes[index * len(rows) + offset]
+            show_image(row[0], images[index], data, boxes[index])
+            row[0].set_title(title, fontsize=7)
+            for j in range(objects):
+                target = int(classes[index, j])
+                heat = saliency(models[model], images[index:index + 1], method, target=target)[0]
+                show_image(row[1 + j], images[index], data, boxes[index, j:j + 1], heat)
+                row[1 + j].set_title(f"map for {data.class_names[target]}", fontsize=7)
     return figure
 
 
@@ -255,6 +290,16 @@ def make_figures(out: Path, objects: int = 1, rows: int = 4, allow_missing: bool
     cnn = next((m for m in ("convnet4", "se_convnet4", "eca_convnet4", "cbam_convnet4") if m in models), None)
     if cnn is not None:
         written.append(save(sanity_figure(models[cnn], data, min(rows, 3), cnn), out / "sanity_check.png"))
+    multi = {model: bench.best_checkpoint(model, 3) for _, model, _ in CLASS_ROWS}
+    if multi["convnet4"] is not None:
+        for model in [model for model, checkpoint in multi.items() if checkpoint is None]:
+            print(f"left out of class_conditional.png (not trained): {model}; train it with: "
+                  f"{' '.join(command_words(model, 3))}")
+        loaded = {model: load(Path(checkpoint)) for model, checkpoint in multi.items() if checkpoint is not None}
+        data = loaded["convnet4"][1]
+        data.num_objects = 3
+        written.append(save(class_conditional_figure({model: module for model, (module, _) in loaded.items()}, data),
+                            out / "class_conditional.png"))
     return written
 
 

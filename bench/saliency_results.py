@@ -44,6 +44,8 @@ from cvattn.saliency.runtime import objects_of, unwrap
 
 CONFIGS = {1: "configs/saliency_fashion_mnist_100.yaml", 3: "configs/saliency_fashion_mnist_100_multi.yaml"}
 MODELS = ["convnet4", "se_convnet4", "eca_convnet4", "cbam_convnet4", "vit", "ram"]
+# convnet4 with an attention-pooling head instead of global average pooling (cvattn.models.attnpool)
+POOL_HEAD_MODELS = ["attnpool_convnet4", "classattn_convnet4", "localp_convnet4"]
 # The ViT of the benchmark: 10×10 patches of the 100×100 canvas (100 tokens), small enough to train on a CPU, with
 # a two-convolution stem (Xiao et al. 2021): with the plain patch projection it barely learned in 1,300 steps.
 VIT_KWARGS = dict(img_size=100, patch_size=10, embed_dim=64, depth=4, num_heads=4, stem_channels=[16, 32])
@@ -67,9 +69,9 @@ def train_command(model: str, objects: int) -> list[str]:
     """The ``train.py`` command (without the interpreter) that trains ``model`` for scoring on ``objects``
     garments per canvas."""
     attn = model.removesuffix("convnet4").rstrip("_")
-    if model not in MODELS and not (model.endswith("_convnet4") and attn in cvattn.list_attn()):
-        raise ValueError(f"Unknown model {model!r}; accepted: {', '.join(MODELS)}, or <attention>_convnet4 for "
-                         f"any name of cvattn.list_attn().")
+    if model not in MODELS + POOL_HEAD_MODELS and not (model.endswith("_convnet4") and attn in cvattn.list_attn()):
+        raise ValueError(f"Unknown model {model!r}; accepted: {', '.join(MODELS + POOL_HEAD_MODELS)}, or "
+                         f"<attention>_convnet4 for any name of cvattn.list_attn().")
     trained = trained_objects(objects)
     if model == "ram":
         if trained != 1:
@@ -82,6 +84,8 @@ def train_command(model: str, objects: int) -> list[str]:
                  "--model.init_args.scheduler", "onecycle",    # its warm-up; warmup_epochs needs a sized loader
                  "--trainer.max_steps", str(VIT_STEPS),
                  "--trainer.precision", "32-true"]   # bf16 autocast makes this small ViT slower on a CPU
+    elif model in POOL_HEAD_MODELS:
+        extra = ["--model.init_args.model", model, "--model.init_args.model_kwargs", "{}"]
     else:
         extra = ["--model.init_args.model_kwargs", json.dumps({"attn_layer": attn} if attn else {})]
     return ["train.py", "--config", CONFIGS[trained], *extra, "--trainer.logger.init_args.name", run_name(model, trained)]
@@ -176,7 +180,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--models", nargs="+", default=MODELS[:-1],
-                        help=f"{', '.join(MODELS)}, or <attention>_convnet4 for any block of cvattn.list_attn()")
+                        help=f"{', '.join(MODELS + POOL_HEAD_MODELS)}, or <attention>_convnet4 for any block of "
+                             f"cvattn.list_attn()")
     parser.add_argument("--train-objects", nargs="+", type=int, default=[3], choices=[1, 3],
                         help="3: the multi-object models (scored on 1, 2 and 3 garments); 1: single-object models")
     parser.add_argument("--eval-batches", type=int, default=4, help="test batches of 64 scored per model")

@@ -15,6 +15,7 @@ from cvattn.saliency import available_methods, default_methods, saliency
 from cvattn.saliency.runtime import normalise
 
 HEAD_MODELS = ["attnpool_convnet2", "classattn_convnet2", "localp_convnet2",
+               "attnpool_convnet4", "classattn_convnet4", "localp_convnet4",
                "attnpool_resnet20", "classattn_resnet20", "localp_resnet20"]
 
 

@@ -23,6 +23,8 @@ TINY = {   # stand-ins for the benchmark's models (their names), as small as the
     "convnet4": {**CNN, "init_args": {**CNN["init_args"], "model_kwargs": {"width": 4}}},
     **{f"{attn}_convnet4": {**CNN, "init_args": {**CNN["init_args"], "model_kwargs": {"width": 8, "attn_layer": attn}}}
        for attn in ("se", "eca", "cbam")},
+    "classattn_convnet4": {**CNN, "init_args": {**CNN["init_args"], "model": "classattn_convnet2",
+                                                "model_kwargs": {"width": 4}}},
     "vit": {"class_path": "cvattn.lightning.ImageClassifier",
             "init_args": {"model": "vit_tiny_patch4_28", "in_chans": 1,
                           "model_kwargs": {"img_size": CANVAS, "patch_size": 10, "embed_dim": 16, "depth": 2,
@@ -90,7 +92,8 @@ def test_figures_from_checkpoints(trained, tmp_path, capsys):
     out = tmp_path / "figures"
     assert make_figures.main(["--out", str(out), "--rows", "3"]) == 0
     written = {path.name for path in out.iterdir()}
-    assert written == {"attention_families.png", "vit_heads.png", "ram_glimpses.png", "sanity_check.png"}
+    assert written == {"attention_families.png", "vit_heads.png", "ram_glimpses.png", "sanity_check.png",
+                       "class_conditional.png"}
     for path in out.iterdir():
         assert 5_000 < path.stat().st_size <= make_figures.MAX_BYTES, path.name
     main = Image.open(out / "attention_families.png")
@@ -98,14 +101,21 @@ def test_figures_from_checkpoints(trained, tmp_path, capsys):
     # The first column is the canvas alone (grey-scale Fashion-MNIST, a lime box); every other column is coloured.
     content = columns_with_content(out / "attention_families.png", 7)
     assert all(content[1:]), content
+    # Three methods × two canvases, each the canvas then the map for each of its three garments' classes.
+    per_class = Image.open(out / "class_conditional.png")
+    assert per_class.height > 1.2 * per_class.width
+    assert all(columns_with_content(out / "class_conditional.png", 4)[1:])
     heads = Image.open(out / "vit_heads.png")                    # 2 layers × (2 heads + mean)
     assert heads.width > heads.height
     # Left out: a model without checkpoint, with --allow-missing; the main figure loses one column.
     del trained["cbam_convnet4"], trained["vit"]
     assert make_figures.main(["--out", str(out), "--rows", "3", "--allow-missing"]) == 0
-    assert "left out (not trained): cbam_convnet4; train it with: python train.py" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "left out (not trained): cbam_convnet4; train it with: python train.py" in printed
     narrower = Image.open(out / "attention_families.png")
     assert narrower.width < main.width - 100 and narrower.height == main.height
+    assert "left out of class_conditional.png (not trained): cbam_convnet4" in printed
+    assert Image.open(out / "class_conditional.png").height < per_class.height - 100     # one method fewer
 
 
 def test_spearman_title_is_randomisation_tests_last_step(trained):

@@ -13,7 +13,8 @@ its ViT's attention-pooling head). The model keeps the backbone contract (``forw
 ``forward_pool_attention``: the head's attention as a map per image (``cvattn.contracts.AttentionPooler``), which
 ``cvattn.saliency``'s ``'pool_attention'`` method reads.
 
-Registered: ``attnpool_*``, ``classattn_*``, ``localp_*`` on ``convnet2`` and ``resnet20`` (their keyword arguments
+Registered: ``attnpool_*``, ``classattn_*``, ``localp_*`` on ``convnet2``, ``convnet4`` (the saliency benchmark's
+100×100 CNN) and ``resnet20`` (their keyword arguments
 go to the backbone, except ``num_classes``, ``score``, ``num_heads``, ``drop_rate``, ``half_window``,
 ``hidden_dim`` and ``features_only``).
 """
@@ -28,7 +29,7 @@ from cvattn.checks import check_choice
 from cvattn.contracts import FeatureBackbone
 from cvattn.layers.attention_pool import AttentionPool2d, ClassAttentionPool2d, LocalPAttentionPool2d
 from cvattn.models._registry import register_model
-from cvattn.models.convnet import ConvNet, convnet2  # noqa: F401  (ConvNet: named in create_model's errors)
+from cvattn.models.convnet import ConvNet, convnet2, convnet4  # noqa: F401  (ConvNet: named in create_model's errors)
 from cvattn.models.resnet import ResNet, resnet20  # noqa: F401  (ResNet: likewise)
 
 HEADS = {"attn": AttentionPool2d, "class_attn": ClassAttentionPool2d, "local_p": LocalPAttentionPool2d}
@@ -107,6 +108,24 @@ def classattn_convnet2(**kwargs) -> AttentionPoolClassifier:
 def localp_convnet2(**kwargs) -> AttentionPoolClassifier:
     """convnet2 with Luong's local-p attention (predicted centre, Gaussian window) pooling its last map."""
     return _create(convnet2, "local_p", kwargs)
+
+
+@register_model
+def attnpool_convnet4(**kwargs) -> AttentionPoolClassifier:
+    """convnet4 with one shared learned query pooling its last map instead of global average pooling."""
+    return _create(convnet4, "attn", kwargs)
+
+
+@register_model
+def classattn_convnet4(**kwargs) -> AttentionPoolClassifier:
+    """convnet4 with one learned query per class pooling its last map; class-specific logits."""
+    return _create(convnet4, "class_attn", kwargs)
+
+
+@register_model
+def localp_convnet4(**kwargs) -> AttentionPoolClassifier:
+    """convnet4 with Luong's local-p attention (predicted centre, Gaussian window) pooling its last map."""
+    return _create(convnet4, "local_p", kwargs)
 
 
 @register_model
