@@ -44,6 +44,9 @@ from cvattn.saliency.runtime import objects_of, unwrap
 
 CONFIGS = {1: "configs/saliency_fashion_mnist_100.yaml", 3: "configs/saliency_fashion_mnist_100_multi.yaml"}
 MODELS = ["convnet4", "se_convnet4", "eca_convnet4", "cbam_convnet4", "vit", "ram"]
+# Non-local attention only in the last block (12×12 positions): in the first block of a 100×100 convnet4 it would be
+# a 10 000 × 10 000 attention per image; Wang et al. 2018 place one block in a 14×14 stage.
+ATTN_KWARGS = {"nl": {"attn_blocks": [3]}}
 # convnet4 with an attention-pooling head instead of global average pooling (cvattn.models.attnpool)
 POOL_HEAD_MODELS = ["attnpool_convnet4", "classattn_convnet4", "localp_convnet4"]
 # The ViT of the benchmark: 10×10 patches of the 100×100 canvas (100 tokens), small enough to train on a CPU, with
@@ -87,7 +90,8 @@ def train_command(model: str, objects: int) -> list[str]:
     elif model in POOL_HEAD_MODELS:
         extra = ["--model.init_args.model", model, "--model.init_args.model_kwargs", "{}"]
     else:
-        extra = ["--model.init_args.model_kwargs", json.dumps({"attn_layer": attn} if attn else {})]
+        kwargs = {"attn_layer": attn, **ATTN_KWARGS.get(attn, {})} if attn else {}
+        extra = ["--model.init_args.model_kwargs", json.dumps(kwargs)]
     return ["train.py", "--config", CONFIGS[trained], *extra, "--trainer.logger.init_args.name", run_name(model, trained)]
 
 

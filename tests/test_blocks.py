@@ -304,6 +304,19 @@ def test_drops_into_the_convnet_and_trains_a_step(name):
     _train_step(model, torch.randn(4, 1, 12, 12))
 
 
+def test_attention_in_chosen_convnet_blocks_only():
+    model = cvattn.create_model("convnet4", width=8, attn_layer="nl", attn_blocks=[2, 3])
+    assert [type(block.attn).__name__ for block in model.blocks] == ["Identity", "Identity", "NonLocalAttn",
+                                                                     "NonLocalAttn"]
+    plain = cvattn.create_model("convnet4", width=8)
+    without = {k: v for k, v in model.state_dict().items() if ".attn." not in k}
+    assert without.keys() == plain.state_dict().keys()
+    _train_step(model, torch.randn(4, 1, 32, 32))
+    for bad in ([4], [-1], 3, [True], ["3"]):
+        with pytest.raises(ValueError, match=r"attn_blocks must be a list of block indices from 0 to 3 \(depth=4\)"):
+            cvattn.create_model("convnet4", attn_layer="nl", attn_blocks=bad)
+
+
 def test_gc_drops_into_resnet20_and_trains_a_step():
     model = cvattn.create_model("resnet20", attn_layer="gc", in_chans=1, num_classes=10).train()
     blocks = [m for m in model.modules() if isinstance(m, cvattn.layers.GlobalContext)]

@@ -54,20 +54,29 @@ class ConvNet(nn.Module):
 
     Each block halves the resolution. ``features_only=True``: no classifier, and ``forward`` returns every block's
     map, (B, width, H/2, W/2), (B, 2·width, H/4, W/4), ..., as ``feature_info`` lists them.
+
+    ``attn_blocks``: the indices of the blocks that get ``attn_layer`` (default: every block). Non-local attention,
+    whose cost grows with (H·W)², goes in the later, smaller blocks only, as Wang et al. 2018 place it.
     """
 
     def __init__(self, num_classes: int = 10, in_chans: int = 1, width: int = 32, attn_layer: AttnLayer = None,
                  attn_kwargs: dict | None = None, drop_rate: float = 0.0, features_only: bool = False,
-                 depth: int = 2, convs_per_block: int = 2):
+                 depth: int = 2, convs_per_block: int = 2, attn_blocks: list[int] | None = None):
         super().__init__()
         check_count("depth", depth)
         if convs_per_block not in (1, 2):
             raise ValueError(f"convs_per_block must be 1 or 2, got {convs_per_block!r}.")
+        attn_blocks = list(range(depth)) if attn_blocks is None else attn_blocks
+        if not isinstance(attn_blocks, (list, tuple)) or not all(
+                isinstance(i, int) and not isinstance(i, bool) and 0 <= i < depth for i in attn_blocks):
+            raise ValueError(f"attn_blocks must be a list of block indices from 0 to {depth - 1} (depth={depth}), "
+                             f"e.g. [{depth - 1}] for attention in the last block only; got {attn_blocks!r}.")
         get_attn(attn_layer)
         self.in_chans = in_chans
         widths = [width * 2 ** min(i, 2) for i in range(depth)]
-        self.blocks = nn.Sequential(*[ConvBlock(c_in, c_out, attn_layer, attn_kwargs, convs_per_block)
-                                      for c_in, c_out in zip([in_chans, *widths], widths)])
+        self.blocks = nn.Sequential(*[
+            ConvBlock(c_in, c_out, attn_layer if i in attn_blocks else None, attn_kwargs, convs_per_block)
+            for i, (c_in, c_out) in enumerate(zip([in_chans, *widths], widths))])
         self.feature_info = [dict(num_chs=c, reduction=2 ** (i + 1), module=f"blocks.{i}") for i, c in enumerate(widths)]
         self.num_features = widths[-1]
         self.features_only = features_only
