@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from _common import ROOT, hardware, newest_run, test_accuracy
+from _common import ROOT, hardware, test_accuracy
 from cvattn.checkpoint import load_checkpoint
 from cvattn.data import DistortedFashionMNISTDataModule, DistortedMNISTDataModule, FashionMNISTDataModule, \
     MNISTDataModule
@@ -142,7 +142,8 @@ def main() -> None:
                 minutes = (time.perf_counter() - start) / 60
                 cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
                 cpu_minutes = (cpu.ru_utime + cpu.ru_stime - cpu_start.ru_utime - cpu_start.ru_stime) / 60
-                run_dir = newest_run(Path(CONFIGS[task]).stem)
+                # Not the config's newest run: another st_results.py running beside this one may own that.
+                run_dir = finished_run(task, args.dataset, model, args.width)
             error = 100 * (1 - test_accuracy(run_dir))
             if model == "st_convnet2":
                 best = next(p for p in (run_dir / "checkpoints").glob("*.ckpt") if p.name != "last.ckpt")
