@@ -172,16 +172,17 @@ def class_conditional_figure(models: dict, data, canvases: int = 2) -> Figure:
     objects = classes.shape[1]
     figure = Figure(figsize=(1.45 * (1 + objects), 1.5 * canvases * len(rows) + 0.3), layout="constrained")
     axes = figure.subplots(canvases * len(rows), 1 + objects, squeeze=False)
-    for index in range(canvases):
-        for offset, (title, model, method) in enumerate(rows):
+    images, classes, boxes = images[:canvases], classes[:canvases], boxes[:canvases]
+    for offset, (title, model, method) in enumerate(rows):
+        # (objects, canvases, H, W): map j of every canvas is for its j-th garment's class
+        maps = [saliency(models[model], images, method, target=classes[:, j]) for j in range(objects)]
+        for index in range(canvases):
             row = axes[index * len(rows) + offset]
             show_image(row[0], images[index], data, boxes[index])
             row[0].set_title(title, fontsize=7)
             for j in range(objects):
-                target = int(classes[index, j])
-                heat = saliency(models[model], images[index:index + 1], method, target=target)[0]
-                show_image(row[1 + j], images[index], data, boxes[index, j:j + 1], heat)
-                row[1 + j].set_title(f"map for {data.class_names[target]}", fontsize=7)
+                show_image(row[1 + j], images[index], data, boxes[index, j:j + 1], maps[j][index])
+                row[1 + j].set_title(f"map for {data.class_names[classes[index, j]]}", fontsize=7)
     return figure
 
 
