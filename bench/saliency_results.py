@@ -4,6 +4,10 @@
         [--train-objects 3 1] [--eval-batches 4] [--auc-batches 2] [--skip-training] [--accelerator auto]
     # smoke run (minutes on a CPU): --models convnet4 --train-objects 3 --max-steps 20 --eval-batches 1
     #     --auc-batches 0
+    # a longer budget than the configs': --models convnet4 --max-steps 7500
+
+``--max-steps N`` trains (and scores) its own runs, ``runs/saliency100_<model>_k<objects>_<N>steps``, so a smoke run
+or a longer one never becomes the benchmark's model.
 
 Every model is trained by one ``train.py`` run (``train_command`` prints it, so any row can be reproduced alone):
 
@@ -63,14 +67,15 @@ def trained_objects(objects: int) -> int:
     return objects if objects == 1 else 3
 
 
-def run_name(model: str, objects: int) -> str:
-    """The ``runs/<name>`` of ``model`` trained on canvases of ``objects`` (1 or 3) garments."""
-    return f"saliency100_{model}_k{objects}"
+def run_name(model: str, objects: int, steps: int | None = None) -> str:
+    """The ``runs/<name>`` of ``model`` trained on canvases of ``objects`` (1 or 3) garments, for the config's
+    steps or for ``steps``."""
+    return f"saliency100_{model}_k{objects}" + (f"_{steps}steps" if steps else "")
 
 
-def train_command(model: str, objects: int) -> list[str]:
+def train_command(model: str, objects: int, steps: int | None = None) -> list[str]:
     """The ``train.py`` command (without the interpreter) that trains ``model`` for scoring on ``objects``
-    garments per canvas."""
+    garments per canvas, for the config's steps or for ``steps``."""
     attn = model.removesuffix("convnet4").rstrip("_")
     if model not in MODELS + POOL_HEAD_MODELS and not (model.endswith("_convnet4") and attn in cvattn.list_attn()):
         raise ValueError(f"Unknown model {model!r}; accepted: {', '.join(MODELS + POOL_HEAD_MODELS)}, or "
@@ -79,29 +84,33 @@ def train_command(model: str, objects: int) -> list[str]:
     if model == "ram":
         if trained != 1:
             raise ValueError("The RAM classifies one object per canvas: there is no multi-object RAM; use objects=1.")
-        return ["train.py", "--config", "configs/ram_fashion_mnist_100_cluttered.yaml",
-                "--trainer.logger.init_args.name", run_name(model, 1)]
+        extra = ["--config", "configs/ram_fashion_mnist_100_cluttered.yaml"] + (
+            ["--trainer.max_epochs", "-1", "--trainer.max_steps", str(steps)] if steps else [])
+        return ["train.py", *extra, "--trainer.logger.init_args.name", run_name(model, 1, steps)]
     if model == "vit":
         extra = ["--model.init_args.model", "vit_tiny_patch4_28", "--model.init_args.model_kwargs",
                  json.dumps(VIT_KWARGS), "--model.init_args.lr", "1.0e-3", "--model.init_args.weight_decay", "0.05",
                  "--model.init_args.scheduler", "onecycle",    # its warm-up; warmup_epochs needs a sized loader
-                 "--trainer.max_steps", str(VIT_STEPS),
+                 "--trainer.max_steps", str(steps or VIT_STEPS),
                  "--trainer.precision", "32-true"]   # bf16 autocast makes this small ViT slower on a CPU
     elif model in POOL_HEAD_MODELS:
         extra = ["--model.init_args.model", model, "--model.init_args.model_kwargs", "{}"]
     else:
         kwargs = {"attn_layer": attn, **ATTN_KWARGS.get(attn, {})} if attn else {}
         extra = ["--model.init_args.model_kwargs", json.dumps(kwargs)]
-    return ["train.py", "--config", CONFIGS[trained], *extra, "--trainer.logger.init_args.name", run_name(model, trained)]
+    if steps and model != "vit":
+        extra += ["--trainer.max_steps", str(steps)]
+    return ["train.py", "--config", CONFIGS[trained], *extra,
+            "--trainer.logger.init_args.name", run_name(model, trained, steps)]
 
 
-def best_checkpoint(model: str, objects: int) -> Path | None:
-    """The best-validation checkpoint of the newest trained run of ``model`` for scoring on ``objects`` garments,
-    or None if there is none. On one garment: the single-object model when it has been trained, else the
+def best_checkpoint(model: str, objects: int, steps: int | None = None) -> Path | None:
+    """The best-validation checkpoint of the newest trained run of ``model`` (for ``steps``, or the config's) for
+    scoring on ``objects`` garments, or None if there is none. On one garment: the single-object model when it has been trained, else the
     multi-object one (which is scored on one-garment canvases too)."""
     candidates = [trained_objects(objects)] + ([3] if objects == 1 and model != "ram" else [])
     for trained in candidates:
-        runs = sorted((ROOT / "runs" / run_name(model, trained)).glob("version_*"),
+        runs = sorted((ROOT / "runs" / run_name(model, trained, steps)).glob("version_*"),
                       key=lambda path: int(path.name.split("_")[1]))
         for run in reversed(runs):
             checkpoints = sorted((run / "checkpoints").glob("epoch=*.ckpt"))
@@ -110,11 +119,12 @@ def best_checkpoint(model: str, objects: int) -> Path | None:
     return None
 
 
-def load(model: str, objects: int) -> tuple[torch.nn.Module, bool]:
+def load(model: str, objects: int, steps: int | None = None) -> tuple[torch.nn.Module, bool]:
     """(the trained LightningModule in eval mode, whether it is multi-label)."""
-    checkpoint = best_checkpoint(model, objects)
+    checkpoint = best_checkpoint(model, objects, steps)
     if checkpoint is None:
-        raise FileNotFoundError(f"{model} (objects={objects}) is not trained: python {' '.join(train_command(model, objects))}")
+        raise FileNotFoundError(f"{model} (objects={objects}) is not trained: "
+                                f"python {' '.join(train_command(model, objects, steps))}")
     module, _ = build_from_config(checkpoint.parents[1] / "config.yaml")
     load_weights(module, checkpoint)
     return module.eval(), isinstance(module, MultiLabelClassifier)
@@ -143,7 +153,7 @@ def accuracy(model: torch.nn.Module, data, max_batches: int) -> float:
 
 
 def score(model: str, trained: int, args) -> list[dict]:
-    module, multi_label = load(model, trained)
+    module, multi_label = load(model, trained, args.max_steps)
     rows = []
     for objects in ([1, 2, 3] if multi_label else [1]):
         data = test_data(objects)
@@ -191,7 +201,8 @@ def main() -> None:
     parser.add_argument("--eval-batches", type=int, default=4, help="test batches of 64 scored per model")
     parser.add_argument("--auc-batches", type=int, default=2, help="of those, how many get deletion/insertion")
     parser.add_argument("--pixels-per-step", type=int, default=500, help="deletion/insertion step (21 points)")
-    parser.add_argument("--max-steps", type=int, help="override the configs' training steps (smoke runs)")
+    parser.add_argument("--max-steps", type=int,
+                        help="train for this many steps instead of the configs', into runs of their own")
     parser.add_argument("--seed", type=int, default=0, help="of the randomised model")
     parser.add_argument("--skip-training", action="store_true", help="score the newest trained run of each")
     parser.add_argument("--accelerator", default="auto")
@@ -203,10 +214,8 @@ def main() -> None:
             if model == "ram" and trained != 1:
                 continue
             if not args.skip_training:
-                command = train_command(model, trained) + ["--trainer.accelerator", args.accelerator,
-                                                           "--trainer.enable_progress_bar", "false"]
-                if args.max_steps:
-                    command += ["--trainer.max_steps", str(args.max_steps)]
+                command = train_command(model, trained, args.max_steps) + [
+                    "--trainer.accelerator", args.accelerator, "--trainer.enable_progress_bar", "false"]
                 print("$ python", " ".join(command), flush=True)
                 subprocess.run([sys.executable, *command], cwd=ROOT, check=True)
             rows += score(model, trained, args)
@@ -215,7 +224,8 @@ def main() -> None:
              f"hardware: {hardware(args.accelerator)}. Randomised model: `randomised_copy(model, seed={args.seed})`. "
              f"Command: `python bench/saliency_results.py --out {args.out} --models {' '.join(args.models)} "
              f"--train-objects {' '.join(map(str, args.train_objects))} --eval-batches {args.eval_batches} "
-             f"--auc-batches {args.auc_batches} --pixels-per-step {args.pixels_per_step}`.", ""] + table(rows)
+             f"--auc-batches {args.auc_batches} --pixels-per-step {args.pixels_per_step}"
+             + (f" --max-steps {args.max_steps}" if args.max_steps else "") + "`.", ""] + table(rows)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

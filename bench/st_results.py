@@ -1,26 +1,31 @@
 """ST-CNN against the same CNN without the transformer, on RTS 42×42 and cluttered 60×60 MNIST, as a markdown table.
 
-    python bench/st_results.py [--tasks rts cluttered] [--steps 1500] [--width 16] [--dataset mnist]
-        [--val-every 500] [--limit-val-batches 20] [--limit-test-batches N] [--precision bf16-mixed]
+    python bench/st_results.py [--tasks rts cluttered] [--steps 1500] [--width 16] [--dataset mnist] [--seed 0]
+        [--transform affine] [--out-size N] [--loc-norm] [--val-every 500] [--limit-val-batches 20] [--limit-test-batches N] [--precision bf16-mixed]
         [--reuse-finished]
 
 Every row is one ``train.py`` run of ``configs/st_cnn_mnist_rts.yaml`` or ``configs/st_cnn_mnist_60_cluttered.yaml``
 with the overrides the script prints (the control: ``--model.init_args.model convnet2``), so any row can be
 reproduced alone; ``--reuse-finished`` reads a run that already logged a test result instead of training again
-(runs of both models share the config's run folder: a row is matched by its model and width in the run's
-``config.yaml``). The test error is that of the best-validation checkpoint on the test split (its first
-``--limit-test-batches`` batches of 64 when given).
+(runs of both models share the config's run folder: a row is matched by its model, its keyword arguments and its
+seed in the run's ``config.yaml``). ``--transform`` and ``--out-size`` are the ST-CNN's (``SpatialTransformer``'s
+constraint on θ and output size: ``--out-size 30`` on 60×60 canvases makes the network see half the resolution
+unless the transformer zooms in). ``--seed`` sets ``seed_everything`` (the initial weights); the data keep the config's seed, so
+every seed is trained and tested on the same canvases in the same order. The test error is that of the
+best-validation checkpoint on the test split (its first ``--limit-test-batches`` batches of 64 when given).
 
 Where the transformer looks, on the test split: "centre in box", the share of images whose sampled region
 (``SpatialTransformer.sampled_boxes``, the bounding box of the sampled grid's corners) contains the object's centre
 (the centre of the datamodule's box); "IoU", the mean intersection over union of the sampled box (clipped to the
 image) with the object's box; "offset", the mean distance in pixels from the sampled region's centre to the object's
-centre. The row "identity θ" is the untrained transformer's box, the whole image: what a transformer that never
+centre; "outside", the share of images whose sampling grid fell entirely outside the image (the transformer's
+``last_outside``: its output is then all padding). The row "identity θ" is the untrained transformer's box, the whole image: what a transformer that never
 moves or zooms scores.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import resource
 import subprocess
 import sys
@@ -35,7 +40,7 @@ from cvattn.checkpoint import load_checkpoint
 from cvattn.data import DistortedFashionMNISTDataModule, DistortedMNISTDataModule, FashionMNISTDataModule, \
     MNISTDataModule
 from cvattn.lightning import ImageClassifier
-from cvattn.layers.spatial_transformer import SpatialTransformer
+from cvattn.layers.spatial_transformer import TRANSFORMS, SpatialTransformer
 
 CONFIGS = {"rts": "configs/st_cnn_mnist_rts.yaml", "cluttered": "configs/st_cnn_mnist_60_cluttered.yaml"}
 DATA = {("rts", "mnist"): ("cvattn.data.DistortedMNISTDataModule", DistortedMNISTDataModule, {"distortion": "rts"}),
@@ -50,28 +55,36 @@ MODELS = ("convnet2", "st_convnet2")
 
 def overrides(task: str, dataset: str, model: str, args) -> list[str]:
     class_path = DATA[task, dataset][0]
-    kwargs = f"{{width: {args.width}}}" if model == "convnet2" else f"{{transform: affine, width: {args.width}}}"
-    return ["--config", CONFIGS[task], "--model.init_args.model", model, "--model.init_args.model_kwargs", kwargs,
+    return ["--config", CONFIGS[task], "--model.init_args.model", model,
+            "--model.init_args.model_kwargs", json.dumps(model_kwargs(model, args)),
             "--data.class_path", class_path, "--data.init_args.num_workers", "0",
             "--trainer.max_epochs", "-1", "--trainer.max_steps", str(args.steps),
             "--trainer.val_check_interval", str(args.val_every), "--trainer.check_val_every_n_epoch", "null",
             "--trainer.limit_val_batches", str(args.limit_val_batches), "--trainer.precision", args.precision,
-            "--trainer.enable_progress_bar", "false"] + (
+            "--trainer.enable_progress_bar", "false", "--seed_everything", str(args.seed)] + (
         ["--trainer.limit_test_batches", str(args.limit_test_batches)] if args.limit_test_batches else [])
 
 
-def run_config(run_dir: Path) -> tuple[str, int, str]:
+def model_kwargs(model: str, args) -> dict:
+    """The model's keyword arguments: the width; for the ST-CNN also the transform and the output size."""
+    if model == "convnet2":
+        return {"width": args.width}
+    return {"transform": args.transform, "width": args.width, **({"out_size": args.out_size} if args.out_size else {}),
+            **({"loc_norm": True} if args.loc_norm else {})}
+
+
+def run_config(run_dir: Path) -> tuple[str, dict, str, int]:
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     init = config["model"]["init_args"]
-    return init["model"], init["model_kwargs"]["width"], config["data"]["class_path"]
+    return init["model"], init["model_kwargs"], config["data"]["class_path"], config["seed_everything"]
 
 
-def finished_run(task: str, dataset: str, model: str, width: int) -> Path | None:
-    """The newest run of this config for (model, width, dataset) that logged a test accuracy."""
+def finished_run(task: str, dataset: str, model: str, kwargs: dict, seed: int) -> Path | None:
+    """The newest run of this config for (model, kwargs, dataset, seed) that logged a test accuracy."""
     folder = ROOT / "runs" / Path(CONFIGS[task]).stem
     for run_dir in sorted(folder.glob("version_*"), key=lambda p: -int(p.name.split("_")[1])):
         if (run_dir / "config.yaml").is_file() and (run_dir / "metrics.csv").is_file():
-            if run_config(run_dir) == (model, width, DATA[task, dataset][0]) and test_accuracy(run_dir) == \
+            if run_config(run_dir) == (model, kwargs, DATA[task, dataset][0], seed) and test_accuracy(run_dir) == \
                     test_accuracy(run_dir):
                 return run_dir
     return None
@@ -86,9 +99,9 @@ def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def where_it_looks(checkpoint_path: Path | None, task: str, dataset: str,
-                   limit_images: int | None = None) -> tuple[float, float, float]:
-    """(centre-in-box share, mean IoU, mean centre offset) of the transformer's sampled boxes on the test split
-    (its first ``limit_images``); the identity θ's when ``checkpoint_path`` is None."""
+                   limit_images: int | None = None) -> tuple[float, float, float, float]:
+    """(centre-in-box %, mean IoU, mean centre offset, grid-outside %) of the transformer's sampled regions on the
+    test split (its first ``limit_images``); the identity θ's when ``checkpoint_path`` is None."""
     _, datamodule_class, data_kwargs = DATA[task, dataset]
     datamodule = datamodule_class(batch_size=64, num_workers=0, download=False, **data_kwargs)
     datamodule.setup("test")
@@ -99,7 +112,7 @@ def where_it_looks(checkpoint_path: Path | None, task: str, dataset: str,
         module.load_state_dict(checkpoint["state_dict"])
         transformer = module.model.transformer
     transformer.eval()
-    hits, ious, offsets, count = 0.0, 0.0, 0.0, 0
+    hits, ious, offsets, outside, count = 0.0, 0.0, 0.0, 0, 0
     for images, _, boxes in datamodule.test_dataloader():
         if limit_images is not None and count >= limit_images:
             break
@@ -111,8 +124,9 @@ def where_it_looks(checkpoint_path: Path | None, task: str, dataset: str,
         clipped = torch.cat([sampled[:, :2].clamp(min=0), sampled[:, 2:].clamp(max=size[-1])], 1)
         ious += box_iou(clipped, boxes).sum().item()
         offsets += ((sampled[:, :2] + sampled[:, 2:]) / 2 - centre).norm(dim=1).sum().item()
+        outside += int(transformer.last_outside.sum())
         count += len(images)
-    return 100 * hits / count, ious / count, offsets / count
+    return 100 * hits / count, ious / count, offsets / count, 100 * outside / count
 
 
 def main() -> None:
@@ -122,6 +136,10 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--width", type=int, default=16)
+    parser.add_argument("--seed", type=int, default=0, help="seed_everything: the initial weights")
+    parser.add_argument("--transform", choices=TRANSFORMS, default="affine", help="the ST-CNN's")
+    parser.add_argument("--out-size", type=int, default=None, help="the ST-CNN's output size (default: the input's)")
+    parser.add_argument("--loc-norm", action="store_true", help="BatchNorm in the ST-CNN's localisation net")
     parser.add_argument("--val-every", type=int, default=500)
     parser.add_argument("--limit-val-batches", type=int, default=20)
     parser.add_argument("--limit-test-batches", type=int, default=None)
@@ -132,7 +150,8 @@ def main() -> None:
     limit = 64 * args.limit_test_batches if args.limit_test_batches else None
     for task in args.tasks:
         for model in args.models:
-            run_dir = finished_run(task, args.dataset, model, args.width) if args.reuse_finished else None
+            kwargs = model_kwargs(model, args)
+            run_dir = finished_run(task, args.dataset, model, kwargs, args.seed) if args.reuse_finished else None
             minutes = cpu_minutes = float("nan")
             if run_dir is None:
                 command = overrides(task, args.dataset, model, args)
@@ -143,23 +162,24 @@ def main() -> None:
                 cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
                 cpu_minutes = (cpu.ru_utime + cpu.ru_stime - cpu_start.ru_utime - cpu_start.ru_stime) / 60
                 # Not the config's newest run: another st_results.py running beside this one may own that.
-                run_dir = finished_run(task, args.dataset, model, args.width)
+                run_dir = finished_run(task, args.dataset, model, kwargs, args.seed)
             error = 100 * (1 - test_accuracy(run_dir))
             if model == "st_convnet2":
                 best = next(p for p in (run_dir / "checkpoints").glob("*.ckpt") if p.name != "last.ckpt")
-                centre, iou, offset = where_it_looks(best, task, args.dataset, limit)
-                looks = f"{centre:.1f} | {iou:.3f} | {offset:.1f}"
+                centre, iou, offset, outside = where_it_looks(best, task, args.dataset, limit)
+                looks = f"{centre:.1f} | {iou:.3f} | {offset:.1f} | {outside:.2f}"
             else:
-                looks = "– | – | –"
-            rows.append(f"| {task} | {model} (width {args.width}) | {error:.2f} | {looks} | {minutes:.1f} | "
-                        f"{cpu_minutes:.1f} | {run_dir.relative_to(ROOT)} |")
+                looks = "– | – | – | –"
+            described = ", ".join(f"{key} {value}" for key, value in kwargs.items())
+            rows.append(f"| {task} | {model} ({described}, seed {args.seed}) | {error:.2f} | {looks} | "
+                        f"{minutes:.1f} | {cpu_minutes:.1f} | {run_dir.relative_to(ROOT)} |")
             print(rows[-1], flush=True)
-        centre, iou, offset = where_it_looks(None, task, args.dataset, limit)
-        rows.append(f"| {task} | identity θ (whole image) | – | {centre:.1f} | {iou:.3f} | {offset:.1f} | – | – "
-                    f"| – |")
+        centre, iou, offset, outside = where_it_looks(None, task, args.dataset, limit)
+        rows.append(f"| {task} | identity θ (whole image) | – | {centre:.1f} | {iou:.3f} | {offset:.1f} | "
+                    f"{outside:.2f} | – | – | – |")
     print(f"\n{args.dataset}, {args.steps} steps of batch 64, {args.precision}, on {hardware('cpu')}\n")
-    print("| Task | Model | Test error % | Centre in box % | IoU | Offset px | Wall min | CPU min | Run |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| Task | Model | Test error % | Centre in box % | IoU | Offset px | Outside % | Wall min | CPU min | Run |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     print("\n".join(rows))
 
 

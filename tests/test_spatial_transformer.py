@@ -66,6 +66,19 @@ def test_each_transform_predicts_theta_of_its_form(transform, free):
         assert (a == 1).all() and (d == 1).all() and (b == 0).all() and (c == 0).all()
 
 
+def test_the_identity_control_is_a_parameter_free_resize():
+    """transform='identity' (no localisation net) at half the size is 2×2 average pooling: the control that
+    separates what a learned θ adds from what the transformer's resizing does."""
+    x = torch.randn(3, 2, 60, 60)
+    st = SpatialTransformer(2, transform="identity", out_size=30)
+    assert sum(p.numel() for p in st.parameters()) == 0
+    torch.testing.assert_close(st(x), F.avg_pool2d(x, 2), rtol=1e-4, atol=1e-4)     # grid rounding only
+    torch.testing.assert_close(st.sampled_boxes((60, 60)), torch.tensor([[0.0, 0.0, 60.0, 60.0]] * 3))
+    control = cvattn.create_model("st_convnet2", transform="identity", out_size=30, width=8)
+    plain = cvattn.create_model("convnet2", width=8)
+    assert sum(p.numel() for p in control.parameters()) == sum(p.numel() for p in plain.parameters())
+
+
 def test_a_quadrant_zoom_samples_exactly_its_pixels_and_box():
     x = torch.randn(2, 3, 28, 28)
     st = SpatialTransformer(3, transform="scale_translation", out_size=14)
@@ -117,6 +130,26 @@ def test_gradients_reach_the_localisation_net():
     model.zero_grad()
     F.cross_entropy(model(x), y).backward()
     assert first_conv.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("norm", [True, False])
+def test_batchnorm_keeps_the_localisation_net_from_switching_off(norm):
+    """Hidden biases pushed far negative (what AdamW did on cluttered canvases): without BatchNorm every hidden
+    ReLU is off and θ is the same for every image; with it, units stay on and θ still depends on the image."""
+    torch.manual_seed(0)
+    st = SpatialTransformer(1, transform="translation", norm=norm).train()
+    hidden = [m for m in st.localisation if isinstance(m, torch.nn.Linear)][0]
+    with torch.no_grad():
+        hidden.bias.fill_(-100.0)
+        torch.nn.init.normal_(st.regressor.weight, std=0.5)
+    x = torch.rand(8, 1, 32, 32)
+    alive = (st.localisation(x) > 0).any(0).sum().item()
+    st(x)
+    varies = st.last_theta[:, :, 2].std(0).max().item()
+    if norm:
+        assert alive > 0 and varies > 1e-3
+    else:
+        assert alive == 0 and varies == 0
 
 
 def test_theta_stays_float32_under_bfloat16_autocast():

@@ -31,11 +31,12 @@ class SpatialTransformerNet(nn.Module):
     Args:
         backbone: the model the warped images go to.
         in_chans: image channels; by default the backbone's ``in_chans``.
-        transform, out_size, loc_width, loc_hidden: the ``SpatialTransformer``'s.
+        transform, out_size, loc_width, loc_hidden: the ``SpatialTransformer``'s; loc_norm: its ``norm``.
     """
 
     def __init__(self, backbone: nn.Module, in_chans: int | None = None, transform: str = "affine",
-                 out_size: int | tuple[int, int] | None = None, loc_width: int = 16, loc_hidden: int = 32):
+                 out_size: int | tuple[int, int] | None = None, loc_width: int = 16, loc_hidden: int = 32,
+                 loc_norm: bool = False):
         super().__init__()
         if in_chans is None:
             in_chans = getattr(backbone, "in_chans", None)
@@ -44,7 +45,7 @@ class SpatialTransformerNet(nn.Module):
                                  f"{type(backbone).__name__} have: pass in_chans.")
         self.in_chans = check_int_range("in_chans", in_chans, 1)
         self.transformer = SpatialTransformer(in_chans, transform=transform, out_size=out_size,
-                                              loc_width=loc_width, loc_hidden=loc_hidden)
+                                              loc_width=loc_width, loc_hidden=loc_hidden, norm=loc_norm)
         self.backbone = backbone
         for name in ("num_classes", "num_features", "head_hidden_size", "features_only"):
             if hasattr(backbone, name):
@@ -70,9 +71,9 @@ class SpatialTransformerNet(nn.Module):
 
 @register_model
 def st_convnet2(transform: str = "affine", out_size: int | tuple[int, int] | None = None, loc_width: int = 16,
-                loc_hidden: int = 32, **kwargs) -> SpatialTransformerNet:
+                loc_hidden: int = 32, loc_norm: bool = False, **kwargs) -> SpatialTransformerNet:
     """ST-CNN: a ``SpatialTransformer`` (affine by default) in front of ``convnet2``; other arguments are
     ``convnet2``'s (``width``, ``attn_layer``, ``features_only``, ...)."""
     backbone = ConvNet(**kwargs)
     return SpatialTransformerNet(backbone, backbone.in_chans, transform=transform, out_size=out_size,
-                                 loc_width=loc_width, loc_hidden=loc_hidden)
+                                 loc_width=loc_width, loc_hidden=loc_hidden, loc_norm=loc_norm)

@@ -1,0 +1,70 @@
+"""The results scripts find the run they were asked for, and only that one: a smoke or longer saliency run never
+becomes the benchmark's model, and each seed of the spatial-transformer comparison reads its own run."""
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+sys.path.insert(0, str(BENCH))
+import saliency_results  # noqa: E402
+import st_results  # noqa: E402
+
+
+def fake_run(folder: Path, version: int, config: dict, test_acc: float | None = None) -> Path:
+    run = folder / f"version_{version}"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "epoch=0-val_acc=0.5.ckpt").write_bytes(b"")
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    (run / "metrics.csv").write_text("step,test/acc\n" + (f"10,{test_acc}\n" if test_acc is not None else ""))
+    return run
+
+
+def test_saliency_runs_with_their_own_steps_do_not_replace_the_benchmarks(tmp_path, monkeypatch):
+    monkeypatch.setattr(saliency_results, "ROOT", tmp_path)
+    command = saliency_results.train_command("convnet4", 3, 7500)
+    assert command[command.index("--trainer.max_steps") + 1] == "7500"
+    name = command[command.index("--trainer.logger.init_args.name") + 1]
+    assert name != saliency_results.run_name("convnet4", 3)
+    assert "--trainer.max_steps" not in saliency_results.train_command("convnet4", 3)
+
+    fake_run(tmp_path / "runs" / name, 0, {})          # only the longer run exists
+    assert saliency_results.best_checkpoint("convnet4", 3) is None
+    assert saliency_results.best_checkpoint("convnet4", 3, 7500).parents[2].name == name
+    with pytest.raises(FileNotFoundError, match="name saliency100_convnet4_k3$"):
+        saliency_results.load("convnet4", 3)
+
+    benchmark = fake_run(tmp_path / "runs" / saliency_results.run_name("convnet4", 3), 0, {})
+    assert saliency_results.best_checkpoint("convnet4", 3).parents[1] == benchmark
+    # the ViT's and the RAM's own step settings give way to the requested ones
+    for model, objects in (("vit", 3), ("ram", 1)):
+        command = saliency_results.train_command(model, objects, 40)
+        assert command[command.index("--trainer.max_steps") + 1] == "40" and command[-1].endswith("_40steps")
+
+
+def test_st_results_reads_the_run_of_the_asked_seed(tmp_path, monkeypatch):
+    monkeypatch.setattr(st_results, "ROOT", tmp_path)
+    folder = tmp_path / "runs" / "st_cnn_mnist_60_cluttered"
+    data = st_results.DATA["cluttered", "mnist"][0]
+
+    def config(model: str, seed: int, **kwargs) -> dict:
+        return {"seed_everything": seed, "data": {"class_path": data},
+                "model": {"init_args": {"model": model, "model_kwargs": {"width": 16, **kwargs}}}}
+
+    seed0 = fake_run(folder, 0, config("st_convnet2", 0, transform="affine"), test_acc=0.95)
+    seed1 = fake_run(folder, 1, config("st_convnet2", 1, transform="affine"), test_acc=0.96)
+    fake_run(folder, 2, config("st_convnet2", 2, transform="affine"))              # still training: no result yet
+    fake_run(folder, 3, config("convnet2", 1), test_acc=0.94)                      # the control, beside it
+    zoom = fake_run(folder, 4, config("st_convnet2", 1, transform="affine", out_size=30), test_acc=0.97)
+    args = dict(width=16, steps=3000, val_every=500, limit_val_batches=20, precision="bf16-mixed",
+                limit_test_batches=None, seed=2, transform="affine", out_size=None, loc_norm=False)
+    affine = st_results.model_kwargs("st_convnet2", type("Args", (), args))
+    assert st_results.finished_run("cluttered", "mnist", "st_convnet2", affine, 0) == seed0
+    assert st_results.finished_run("cluttered", "mnist", "st_convnet2", affine, 1) == seed1
+    assert st_results.finished_run("cluttered", "mnist", "st_convnet2", affine, 2) is None
+    assert st_results.finished_run("cluttered", "mnist", "st_convnet2", {**affine, "width": 32}, 1) is None
+    assert st_results.finished_run("cluttered", "mnist", "st_convnet2", {**affine, "out_size": 30}, 1) == zoom
+    command = st_results.overrides("cluttered", "mnist", "convnet2", type("Args", (), args))
+    assert command[command.index("--seed_everything") + 1] == "2"
+    assert yaml.safe_load(command[command.index("--model.init_args.model_kwargs") + 1]) == {"width": 16}
