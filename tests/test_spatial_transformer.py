@@ -168,6 +168,7 @@ def test_theta_stays_float32_under_bfloat16_autocast():
     (dict(channels=1, out_size=(8,)), r"out_size must be None \(the input's size\), an int or an \(H, W\) pair"),
     (dict(channels=1, out_size=0), r"out_size height must be a positive integer, got 0"),
     (dict(channels=1, loc_width=2.5), r"loc_width must be a positive integer, got 2.5"),
+    (dict(channels=1, norm="yes"), r"norm must be True \(BatchNorm in the localisation net\) or False.*got 'yes'"),
 ])
 def test_bad_constructor_arguments_are_named(kwargs, message):
     with pytest.raises(ValueError, match=message):

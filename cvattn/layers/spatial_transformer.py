@@ -33,7 +33,7 @@ localisation nets differ per experiment (see its appendix); this one is cvattn's
 Deviations:
 - ``norm=True`` (not the default, not in the paper) adds BatchNorm after the localisation net's convolutions and
   its hidden fc layer. Without it, on cluttered 60×60 canvases trained with AdamW, every hidden ReLU of the
-  localisation net switched off within the first 100 steps, so θ froze at its initial identity for every image
+  localisation net switched off within the first few hundred steps, so θ froze at its initial identity for every image
   (0 of 32 hidden units alive after 3000 steps); with it, units stay on and θ follows the object, but the test
   error was not lower (docs/results.md, "Spatial transformer"), so the paper's un-normalised net stays the default.
   Training with ``norm=True`` needs batches of more than one image (BatchNorm's batch statistics).
@@ -57,8 +57,7 @@ from cvattn.checks import check_channels, check_choice, check_count
 
 TRANSFORMS = ("affine", "scale_translation", "translation", "identity")
 # The identity θ in each transform's free parameters (what the last fc layer's bias starts at).
-_IDENTITY = {"affine": (1.0, 0.0, 0.0, 0.0, 1.0, 0.0), "scale_translation": (1.0, 0.0, 0.0), "translation": (0.0, 0.0),
-             "identity": ()}
+_IDENTITY = {"affine": (1.0, 0.0, 0.0, 0.0, 1.0, 0.0), "scale_translation": (1.0, 0.0, 0.0), "translation": (0.0, 0.0)}
 
 
 def theta_from_params(params: torch.Tensor, transform: str) -> torch.Tensor:
@@ -115,6 +114,9 @@ class SpatialTransformer(nn.Module):
         check_choice("transform", transform, TRANSFORMS)
         check_count("loc_width", loc_width)
         check_count("loc_hidden", loc_hidden)
+        if not isinstance(norm, bool):
+            raise ValueError(f"norm must be True (BatchNorm in the localisation net) or False (none, as in the "
+                             f"paper), got {norm!r}.")
         if out_size is not None:
             sizes = (out_size, out_size) if isinstance(out_size, int) and not isinstance(out_size, bool) else out_size
             if not isinstance(sizes, (tuple, list)) or len(sizes) != 2:
