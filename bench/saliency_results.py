@@ -2,6 +2,7 @@
 
     python bench/saliency_results.py --out results_saliency.md [--models convnet4 cbam_convnet4 vit ...]
         [--train-objects 3 1] [--eval-batches 4] [--auc-batches 2] [--skip-training] [--accelerator auto]
+        [--train-args "--data.init_args.num_workers 4"]
     # smoke run (minutes on a CPU): --models convnet4 --train-objects 3 --max-steps 20 --eval-batches 1
     #     --auc-batches 0
     # a longer budget than the configs': --models convnet4 --max-steps 7500
@@ -20,8 +21,10 @@ Every model is trained by one ``train.py`` run (``train_command`` prints it, so 
 
 For each model and each number of garments k, ``cvattn.saliency.evaluate`` scores the model's default methods (its
 native maps, gradcam and gradcam++) beside the model-free baselines (random, centre, brightness) on the first
-``--eval-batches`` test batches of 64, and scores every method again on ``randomised_copy(model)`` (every layer
-re-initialised): a method whose score does not drop there is not explaining the model on that metric. Accuracy is
+``--eval-batches`` test batches of 64, and scores every method again on ``randomised_copy(model, seed)`` (every
+layer re-initialised) for each of ``--seeds`` (mean and range: one random network can keep a bright garment in its
+map far more than another): a method whose score does not drop there is not explaining the model on that metric.
+Training and scoring run on the GPU when there is one (``--accelerator``). Accuracy is
 measured on the same canvases: top-1 on one garment, exact top-k (the k highest logits are the k classes present)
 on k garments. Deletion and insertion AUC (RISE) only on one-garment canvases (``--auc-batches``; they cost about
 H·W / pixels-per-step forwards per image and method).
@@ -30,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import subprocess
 import sys
 import time
@@ -146,7 +150,8 @@ def accuracy(model: torch.nn.Module, data, max_batches: int) -> float:
         if index >= max_batches:
             break
         images, classes, _ = objects_of(batch)                                  # (B, C, H, W), (B, k), (B, k, 4)
-        top = unwrap(model)(images).topk(classes.shape[1], dim=1).indices       # (B, k)
+        device = next(model.parameters()).device
+        top = unwrap(model)(images.to(device)).topk(classes.shape[1], dim=1).indices.cpu()   # (B, k)
         correct += (top.sort(1).values == classes.sort(1).values).all(1).sum().item()
         total += len(images)
     return correct / total
@@ -154,6 +159,8 @@ def accuracy(model: torch.nn.Module, data, max_batches: int) -> float:
 
 def score(model: str, trained: int, args) -> list[dict]:
     module, multi_label = load(model, trained, args.max_steps)
+    if args.accelerator != "cpu" and torch.cuda.is_available():   # score where it trained
+        module = module.cuda()
     rows = []
     for objects in ([1, 2, 3] if multi_label else [1]):
         data = test_data(objects)
@@ -167,22 +174,32 @@ def score(model: str, trained: int, args) -> list[dict]:
             for method, values in trained_scores.items():
                 values.update({k: pointing[method][k] for k in ("pointing_game", "energy_in_box", "num_images")})
         methods = [method for method in trained_scores if method not in BASELINES]
-        random_scores = evaluate(randomised_copy(module, seed=args.seed), data, methods=methods,
-                                 max_batches=args.eval_batches, auc=False)
+        randomised = {method: [] for method in methods}       # pointing game on each seed's randomised copy
+        for seed in args.seeds:
+            random_scores = evaluate(randomised_copy(module, seed=seed), data, methods=methods,
+                                     max_batches=args.eval_batches, auc=False)
+            for method in methods:
+                randomised[method].append(random_scores[method]["pointing_game"])
         print(f"{model} (trained on {trained}) on {objects} garment(s): acc {acc:.4f}, scored in "
               f"{time.perf_counter() - start:.0f} s", flush=True)
         for method, values in trained_scores.items():
             rows.append(dict(model=model, trained=trained, objects=objects, acc=acc, method=method, **values,
-                             randomised=random_scores.get(method, {}).get("pointing_game")))
+                             randomised=randomised.get(method)))
     return rows
 
 
+def spread(values: list[float]) -> str:
+    """Percentages ``mean (min–max)``, or the one value alone."""
+    mean = 100 * sum(values) / len(values)
+    return f"{mean:.1f}" if len(values) == 1 else f"{mean:.1f} ({100 * min(values):.1f}–{100 * max(values):.1f})"
+
+
 def table(rows: list[dict]) -> list[str]:
-    lines = ["| model (trained on) | garments | acc (%) | method | pointing game (%) | randomised model (%) | "
+    lines = ["| model (trained on) | garments | acc (%) | method | pointing game (%) | randomised models (%) | "
              "energy in box | deletion AUC ↓ | insertion AUC ↑ |",
              "| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |"]
     for row in rows:
-        randomised = "—" if row["randomised"] is None else f"{100 * row['randomised']:.1f}"
+        randomised = "—" if row["randomised"] is None else spread(row["randomised"])
         aucs = [f"{row[key]:.3f}" if key in row else "" for key in ("deletion_auc", "insertion_auc")]
         lines.append(f"| {row['model']} ({row['trained']}) | {row['objects']} | {100 * row['acc']:.1f} | "
                      f"{row['method']} | {100 * row['pointing_game']:.1f} | {randomised} | "
@@ -203,9 +220,12 @@ def main() -> None:
     parser.add_argument("--pixels-per-step", type=int, default=500, help="deletion/insertion step (21 points)")
     parser.add_argument("--max-steps", type=int,
                         help="train for this many steps instead of the configs', into runs of their own")
-    parser.add_argument("--seed", type=int, default=0, help="of the randomised model")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+                        help="one randomised model per seed; the table gives their mean (min–max)")
     parser.add_argument("--skip-training", action="store_true", help="score the newest trained run of each")
     parser.add_argument("--accelerator", default="auto")
+    parser.add_argument("--train-args", default="", help="more train.py overrides for every run, one string, e.g. "
+                        "'--data.init_args.num_workers 4 --trainer.max_time 00:00:08:00'")
     args = parser.parse_args()
 
     rows = []
@@ -215,16 +235,19 @@ def main() -> None:
                 continue
             if not args.skip_training:
                 command = train_command(model, trained, args.max_steps) + [
-                    "--trainer.accelerator", args.accelerator, "--trainer.enable_progress_bar", "false"]
+                    "--trainer.accelerator", args.accelerator, "--trainer.enable_progress_bar", "false",
+                    *shlex.split(args.train_args)]
                 print("$ python", " ".join(command), flush=True)
                 subprocess.run([sys.executable, *command], cwd=ROOT, check=True)
             rows += score(model, trained, args)
 
     lines = [f"Cluttered 100×100 Fashion-MNIST (8 distractors), {rows[0]['num_images']} test canvases per row; "
-             f"hardware: {hardware(args.accelerator)}. Randomised model: `randomised_copy(model, seed={args.seed})`. "
+             f"hardware: {hardware(args.accelerator)}. Randomised models: `randomised_copy(model, seed=s)` for s in "
+             f"{args.seeds}, mean (min–max). "
              f"Command: `python bench/saliency_results.py --out {args.out} --models {' '.join(args.models)} "
              f"--train-objects {' '.join(map(str, args.train_objects))} --eval-batches {args.eval_batches} "
-             f"--auc-batches {args.auc_batches} --pixels-per-step {args.pixels_per_step}"
+             f"--auc-batches {args.auc_batches} --pixels-per-step {args.pixels_per_step} "
+             f"--seeds {' '.join(map(str, args.seeds))}"
              + (f" --max-steps {args.max_steps}" if args.max_steps else "") + "`.", ""] + table(rows)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")

@@ -2,7 +2,7 @@
 
     python bench/st_results.py [--tasks rts cluttered] [--steps 1500] [--width 16] [--dataset mnist] [--seed 0]
         [--transform affine] [--out-size N] [--loc-norm] [--val-every 500] [--limit-val-batches 20] [--limit-test-batches N] [--precision bf16-mixed]
-        [--reuse-finished]
+        [--reuse-finished] [--train-args "--data.init_args.num_workers 2"]
 
 Every row is one ``train.py`` run of ``configs/st_cnn_mnist_rts.yaml`` or ``configs/st_cnn_mnist_60_cluttered.yaml``
 with the overrides the script prints (the control: ``--model.init_args.model convnet2``), so any row can be
@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import shlex
 import subprocess
 import sys
 import time
@@ -145,6 +146,8 @@ def main() -> None:
     parser.add_argument("--limit-test-batches", type=int, default=None)
     parser.add_argument("--precision", default="bf16-mixed")
     parser.add_argument("--reuse-finished", action="store_true")
+    parser.add_argument("--train-args", default="", help="more train.py overrides, one string; they come last, so "
+                        "they win, e.g. '--data.init_args.num_workers 2'")
     args = parser.parse_args()
     rows = []
     limit = 64 * args.limit_test_batches if args.limit_test_batches else None
@@ -154,7 +157,7 @@ def main() -> None:
             run_dir = finished_run(task, args.dataset, model, kwargs, args.seed) if args.reuse_finished else None
             minutes = cpu_minutes = float("nan")
             if run_dir is None:
-                command = overrides(task, args.dataset, model, args)
+                command = overrides(task, args.dataset, model, args) + shlex.split(args.train_args)
                 print("$ python train.py", " ".join(command), flush=True)
                 start, cpu_start = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
                 subprocess.run([sys.executable, "train.py", *command], cwd=ROOT, check=True)
@@ -177,7 +180,7 @@ def main() -> None:
         centre, iou, offset, outside = where_it_looks(None, task, args.dataset, limit)
         rows.append(f"| {task} | identity θ (whole image) | – | {centre:.1f} | {iou:.3f} | {offset:.1f} | "
                     f"{outside:.2f} | – | – | – |")
-    print(f"\n{args.dataset}, {args.steps} steps of batch 64, {args.precision}, on {hardware('cpu')}\n")
+    print(f"\n{args.dataset}, {args.steps} steps of batch 64, {args.precision}, on {hardware('auto')}\n")
     print("| Task | Model | Test error % | Centre in box % | IoU | Offset px | Outside % | Wall min | CPU min | Run |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     print("\n".join(rows))

@@ -1,9 +1,11 @@
 """The results scripts find the run they were asked for, and only that one: a smoke or longer saliency run never
 becomes the benchmark's model, and each seed of the spatial-transformer comparison reads its own run."""
+import argparse
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
@@ -41,6 +43,34 @@ def test_saliency_runs_with_their_own_steps_do_not_replace_the_benchmarks(tmp_pa
     for model, objects in (("vit", 3), ("ram", 1)):
         command = saliency_results.train_command(model, objects, 40)
         assert command[command.index("--trainer.max_steps") + 1] == "40" and command[-1].endswith("_40steps")
+
+
+def test_saliency_scores_a_randomised_model_per_seed_and_reports_their_spread(monkeypatch):
+    """One seed's randomised model can sit far from another's (docs/results.md): each seed is scored, and the
+    table gives the mean and the range, while model-free baselines get no randomised column."""
+    monkeypatch.setattr(saliency_results, "load", lambda *args: (torch.nn.Linear(1, 1), False))
+    monkeypatch.setattr(saliency_results, "test_data", lambda objects: None)
+    monkeypatch.setattr(saliency_results, "accuracy", lambda *args: 0.5)
+    seeds = []
+
+    def fake_copy(model, seed):
+        seeds.append(seed)
+        return ("randomised", seed)
+
+    def fake_evaluate(model, data, methods=None, **kwargs):
+        value = {0: 0.1, 1: 0.3, 2: 0.2}[model[1]] if isinstance(model, tuple) else 0.9
+        return {method: {"pointing_game": value, "energy_in_box": 0.5, "num_images": 64}
+                for method in methods or ["gradcam", "random"]}
+
+    monkeypatch.setattr(saliency_results, "randomised_copy", fake_copy)
+    monkeypatch.setattr(saliency_results, "evaluate", fake_evaluate)
+    args = argparse.Namespace(max_steps=None, eval_batches=1, auc_batches=0, pixels_per_step=500, seeds=[0, 1, 2],
+                              accelerator="cpu")
+    rows = {row["method"]: row for row in saliency_results.score("convnet4", 1, args)}
+    assert seeds == [0, 1, 2]
+    assert rows["gradcam"]["randomised"] == [0.1, 0.3, 0.2] and rows["random"]["randomised"] is None
+    table = "\n".join(saliency_results.table(list(rows.values())))
+    assert "| gradcam | 90.0 | 20.0 (10.0–30.0) |" in table and "| random | 90.0 | — |" in table
 
 
 def test_st_results_reads_the_run_of_the_asked_seed(tmp_path, monkeypatch):

@@ -48,6 +48,26 @@ def test_learns_a_multi_label_task_and_logs_its_metrics():
     assert metrics["val/acc"] > 0.9 and metrics["val/map"] > 0.9 and metrics["val/f1"] > 0.8
 
 
+def test_logged_map_and_f1_are_those_of_the_whole_epoch():
+    """The epoch's mAP is not the mean of per-batch mAPs: the logged value must be computed over every prediction."""
+    from torchmetrics.functional.classification import multilabel_average_precision, multilabel_f1_score
+
+    torch.manual_seed(0)
+    data = _two_of_four_quadrants(96, seed=2)
+    module = MultiLabelClassifier("convnet2", {"width": 4}, num_classes=4, in_chans=1)
+    trainer = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
+    logged = trainer.validate(module, DataLoader(data, batch_size=32), verbose=False)[0]
+    with torch.no_grad():
+        probs = module.eval()(data.tensors[0]).sigmoid()
+    targets = data.tensors[1].long()
+    per_batch = torch.stack([multilabel_average_precision(probs[i:i + 32], targets[i:i + 32], 4)
+                             for i in range(0, 96, 32)]).mean()
+    epoch_map = multilabel_average_precision(probs, targets, 4)
+    assert abs(per_batch - epoch_map) > 1e-4                     # the test can tell the two apart
+    assert logged["val/map"] == pytest.approx(epoch_map.item(), abs=1e-5)
+    assert logged["val/f1"] == pytest.approx(multilabel_f1_score(probs, targets, 4, average="micro").item(), abs=1e-5)
+
+
 def test_predict_step_thresholds_the_sigmoid():
     module = MultiLabelClassifier("convnet2", {"width": 4}, num_classes=3, in_chans=1, threshold=0.3)
     module.eval()

@@ -117,7 +117,9 @@ class MultiLabelClassifier(ImageClassifier):
         targets = targets.long()
         for name in ("map", "f1"):
             metric = self.metrics[f"{stage}_{name}"]
-            metric(logits.sigmoid(), targets)
+            # update, not forward: forward would also compute the batch's mAP every step (a sort per class and
+            # host syncs on a GPU), which only the epoch's value, computed once when logged, needs.
+            metric.update(logits.sigmoid(), targets)
             self.log(f"{stage}/{name}", metric, on_step=False, on_epoch=True)
         return {"loss": loss}
 
