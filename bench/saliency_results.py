@@ -146,11 +146,11 @@ def test_data(objects: int) -> FashionMNISTDataModule:
 def accuracy(model: torch.nn.Module, data, max_batches: int) -> float:
     """Top-1 on one garment, exact top-k on k garments: the k highest logits are the k classes present."""
     correct = total = 0
+    device = next(model.parameters()).device
     for index, batch in enumerate(data.test_dataloader()):
         if index >= max_batches:
             break
         images, classes, _ = objects_of(batch)                                  # (B, C, H, W), (B, k), (B, k, 4)
-        device = next(model.parameters()).device
         top = unwrap(model)(images.to(device)).topk(classes.shape[1], dim=1).indices.cpu()   # (B, k)
         correct += (top.sort(1).values == classes.sort(1).values).all(1).sum().item()
         total += len(images)
@@ -248,7 +248,8 @@ def main() -> None:
              f"--train-objects {' '.join(map(str, args.train_objects))} --eval-batches {args.eval_batches} "
              f"--auc-batches {args.auc_batches} --pixels-per-step {args.pixels_per_step} "
              f"--seeds {' '.join(map(str, args.seeds))}"
-             + (f" --max-steps {args.max_steps}" if args.max_steps else "") + "`.", ""] + table(rows)
+             + (f" --max-steps {args.max_steps}" if args.max_steps else "")
+             + (f" --train-args {shlex.quote(args.train_args)}" if args.train_args else "") + "`.", ""] + table(rows)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
