@@ -31,6 +31,9 @@ class ImageClassifier(AttentionModule):
         label_smoothing: cross-entropy label smoothing.
         channels_last: train with the ``channels_last`` memory format (faster convolutions on GPUs).
         compile: compile the model's forward with ``torch.compile`` (in place: checkpoint keys do not change).
+        lr_scales: learning-rate multipliers by parameter-name prefix of the model, e.g. ``{transformer: 0.1}``
+            trains an ``st_convnet2``'s localisation net at a tenth of ``lr`` (every schedule keeps the ratio);
+            the longest matching prefix wins, other parameters keep ``lr``.
     """
 
     OPTIMIZERS = ("sgd", "adamw")
@@ -51,6 +54,7 @@ class ImageClassifier(AttentionModule):
         label_smoothing: float = 0.0,
         channels_last: bool = False,
         compile: bool = False,
+        lr_scales: dict[str, float] | None = None,
     ):
         super().__init__(optimizer, scheduler, lr)
         if weight_decay < 0 or warmup_epochs < 0 or not 0 <= label_smoothing < 1:
@@ -62,6 +66,29 @@ class ImageClassifier(AttentionModule):
                              f"{scheduler!r}; set warmup_epochs: 0 or scheduler: cosine.")
         self.save_hyperparameters()
         self._create_model()
+        self._check_lr_scales()
+
+    def _check_lr_scales(self) -> None:
+        scales = self.hparams.get("lr_scales") or {}
+        bad = {prefix: scale for prefix, scale in scales.items()
+               if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0}
+        if bad:
+            raise ValueError(f"lr_scales values must be numbers > 0 (multipliers of lr), got {bad}.")
+        names = [name for name, _ in self.model.named_parameters()]
+        unmatched = [prefix for prefix in scales if not any(self._under(name, prefix) for name in names)]
+        if unmatched:
+            tops = sorted({name.split(".")[0] for name in names})
+            raise ValueError(f"lr_scales prefixes {unmatched} match no parameter of {self.hparams.model!r}; its "
+                             f"parameters start with {tops} (a prefix is a dotted path, e.g. 'transformer' or "
+                             f"'transformer.regressor').")
+
+    @staticmethod
+    def _under(name: str, prefix: str) -> bool:
+        return name == prefix or name.startswith(prefix + ".")
+
+    def _lr_scale(self, name: str) -> float:
+        matches = [prefix for prefix in self.hparams.get("lr_scales") or {} if self._under(name, prefix)]
+        return float(self.hparams.lr_scales[max(matches, key=len)]) if matches else 1.0
 
     def _prepare_model(self, model: nn.Module) -> nn.Module:
         if self.hparams.channels_last:
@@ -91,11 +118,14 @@ class ImageClassifier(AttentionModule):
         # Biases, norms and the parameters a model names in no_weight_decay() (ViT: position embeddings and
         # class token, as in timm and DeiT) are not decayed.
         skip = set(self.model.no_weight_decay()) if hasattr(self.model, "no_weight_decay") else set()
-        decay, no_decay = [], []
+        # (lr scale, decayed) -> parameters; the two groups at lr keep their places in every run (resumable state)
+        grouped: dict[tuple[float, bool], list[nn.Parameter]] = {(1.0, True): [], (1.0, False): []}
         for name, param in self.model.named_parameters():
             if param.requires_grad:
-                (no_decay if param.ndim <= 1 or name in skip else decay).append(param)
-        groups = [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+                key = (self._lr_scale(name), not (param.ndim <= 1 or name in skip))
+                grouped.setdefault(key, []).append(param)
+        groups = [{"params": params, "lr": hp.lr * scale, "weight_decay": hp.weight_decay if decayed else 0.0}
+                  for (scale, decayed), params in grouped.items()]
         if hp.optimizer == "sgd":
             return torch.optim.SGD(groups, lr=hp.lr, momentum=hp.momentum, nesterov=hp.momentum > 0)
         return torch.optim.AdamW(groups, lr=hp.lr)
@@ -104,7 +134,8 @@ class ImageClassifier(AttentionModule):
         hp = self.hparams
         total_steps = self.trainer.estimated_stepping_batches
         if hp.scheduler == "onecycle":
-            return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=hp.lr, total_steps=total_steps)
+            return torch.optim.lr_scheduler.OneCycleLR(
+                optimizer, max_lr=[group["lr"] for group in optimizer.param_groups], total_steps=total_steps)
         warmup_steps = 0
         if hp.warmup_epochs:
             # In epochs of the loader, not a share of total_steps: max_steps or max_epochs=-1 may end the run.
