@@ -95,6 +95,7 @@ def test_lr_scales_train_a_submodule_at_a_fraction_of_lr_under_every_schedule(sc
                           r"parameters start with \[.*'transformer'"),
     ({"transformer": 0}, r"lr_scales values must be numbers > 0 \(multipliers of lr\), got \{'transformer': 0\}"),
     ({"transformer": "0.1"}, r"must be numbers > 0"),
+    ([("transformer", 0.1)], r"lr_scales must be a dict of parameter-name prefix -> lr multiplier"),
 ])
 def test_bad_lr_scales_name_the_value(lr_scales, message):
     with pytest.raises(ValueError, match=message):

@@ -68,6 +68,14 @@ def test_logged_map_and_f1_are_those_of_the_whole_epoch():
     assert logged["val/f1"] == pytest.approx(multilabel_f1_score(probs, targets, 4, average="micro").item(), abs=1e-5)
 
 
+def test_lr_scales_reach_the_multi_label_optimiser():
+    module = MultiLabelClassifier("st_convnet2", {"width": 4}, num_classes=3, in_chans=1, optimizer="adamw", lr=0.1,
+                                  lr_scales={"transformer": 0.1})
+    lr_of = {id(p): group["lr"] for group in module._create_optimizer().param_groups for p in group["params"]}
+    for name, param in module.model.named_parameters():
+        assert lr_of[id(param)] == pytest.approx(0.01 if name.startswith("transformer.") else 0.1), name
+
+
 def test_predict_step_thresholds_the_sigmoid():
     module = MultiLabelClassifier("convnet2", {"width": 4}, num_classes=3, in_chans=1, threshold=0.3)
     module.eval()

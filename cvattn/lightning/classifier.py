@@ -69,7 +69,12 @@ class ImageClassifier(AttentionModule):
         self._check_lr_scales()
 
     def _check_lr_scales(self) -> None:
-        scales = self.hparams.get("lr_scales") or {}
+        scales = self.hparams.lr_scales
+        if scales is None:
+            return
+        if not isinstance(scales, dict):
+            raise ValueError(f"lr_scales must be a dict of parameter-name prefix -> lr multiplier, e.g. "
+                             f"{{'transformer': 0.1}}, got {scales!r}.")
         bad = {prefix: scale for prefix, scale in scales.items()
                if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0}
         if bad:
@@ -87,7 +92,7 @@ class ImageClassifier(AttentionModule):
         return name == prefix or name.startswith(prefix + ".")
 
     def _lr_scale(self, name: str) -> float:
-        matches = [prefix for prefix in self.hparams.get("lr_scales") or {} if self._under(name, prefix)]
+        matches = [prefix for prefix in self.hparams.lr_scales or {} if self._under(name, prefix)]
         return float(self.hparams.lr_scales[max(matches, key=len)]) if matches else 1.0
 
     def _prepare_model(self, model: nn.Module) -> nn.Module:

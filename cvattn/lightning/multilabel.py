@@ -81,11 +81,12 @@ class MultiLabelClassifier(ImageClassifier):
         threshold: float = 0.5,
         channels_last: bool = False,
         compile: bool = False,
+        lr_scales: dict[str, float] | None = None,
     ):
         if not 0 < threshold < 1:
             raise ValueError(f"threshold is a sigmoid probability and must be in (0, 1), got {threshold}.")
         super().__init__(model, model_kwargs, num_classes, in_chans, optimizer, lr, weight_decay, momentum,
-                         scheduler, warmup_epochs, 0.0, channels_last, compile)
+                         scheduler, warmup_epochs, 0.0, channels_last, compile, lr_scales)
 
     def _create_model(self) -> None:
         super()._create_model()
@@ -117,8 +118,8 @@ class MultiLabelClassifier(ImageClassifier):
         targets = targets.long()
         for name in ("map", "f1"):
             metric = self.metrics[f"{stage}_{name}"]
-            # update, not forward: forward would also compute the batch's mAP every step (a sort per class and
-            # host syncs on a GPU), which only the epoch's value, computed once when logged, needs.
+            # update, not forward: forward also computes the batch's value, and MultilabelAveragePrecision's
+            # forward grows with the predictions the epoch has kept; only the epoch's value is logged.
             metric.update(logits.sigmoid(), targets)
             self.log(f"{stage}/{name}", metric, on_step=False, on_epoch=True)
         return {"loss": loss}
