@@ -45,11 +45,36 @@ def test_saliency_runs_with_their_own_steps_do_not_replace_the_benchmarks(tmp_pa
         assert command[command.index("--trainer.max_steps") + 1] == "40" and command[-1].endswith("_40steps")
 
 
+def test_saliency_on_mnist_digits_has_its_own_runs_and_refuses_what_it_has_no_config_for(tmp_path, monkeypatch):
+    monkeypatch.setattr(saliency_results, "ROOT", tmp_path)
+    command = saliency_results.train_command("cbam_convnet4", 3, dataset="mnist")
+    assert command[command.index("--config") + 1] == "configs/saliency_mnist_100_multi.yaml"
+    name = command[command.index("--trainer.logger.init_args.name") + 1]
+    assert name == saliency_results.run_name("cbam_convnet4", 3, dataset="mnist") != saliency_results.run_name(
+        "cbam_convnet4", 3)
+    fake_run(tmp_path / "runs" / saliency_results.run_name("cbam_convnet4", 3), 0, {})   # the garment model only
+    assert saliency_results.best_checkpoint("cbam_convnet4", 3, dataset="mnist") is None
+    with pytest.raises(FileNotFoundError, match="cbam_convnet4 \\(objects=3, mnist\\).*saliency_mnist_100_multi"):
+        saliency_results.load("cbam_convnet4", 3, dataset="mnist")
+    for model, objects in (("convnet4", 1), ("ram", 1)):
+        with pytest.raises(ValueError, match="multi-object models only.*--dataset fashion_mnist"):
+            saliency_results.train_command(model, objects, dataset="mnist")
+    with pytest.raises(ValueError, match="Unknown dataset 'cifar10'; accepted: fashion_mnist, mnist"):
+        saliency_results.train_command("convnet4", 3, dataset="cifar10")
+    # the command line refuses before training anything (nothing under runs/)
+    monkeypatch.setattr(sys, "argv", ["saliency_results.py", "--out", str(tmp_path / "r.md"), "--dataset", "mnist",
+                                      "--models", "convnet4", "--train-objects", "3", "1"])
+    monkeypatch.setattr(saliency_results.subprocess, "run", lambda *a, **k: pytest.fail("trained"))
+    with pytest.raises(SystemExit):
+        saliency_results.main()
+    assert not (tmp_path / "r.md").exists()
+
+
 def test_saliency_scores_a_randomised_model_per_seed_and_reports_their_spread(monkeypatch):
     """One seed's randomised model can sit far from another's (docs/results.md): each seed is scored, and the
     table gives the mean and the range, while model-free baselines get no randomised column."""
     monkeypatch.setattr(saliency_results, "load", lambda *args: (torch.nn.Linear(1, 1), False))
-    monkeypatch.setattr(saliency_results, "test_data", lambda objects: None)
+    monkeypatch.setattr(saliency_results, "test_data", lambda *args: None)
     monkeypatch.setattr(saliency_results, "accuracy", lambda *args: 0.5)
     seeds = []
 
@@ -65,7 +90,7 @@ def test_saliency_scores_a_randomised_model_per_seed_and_reports_their_spread(mo
     monkeypatch.setattr(saliency_results, "randomised_copy", fake_copy)
     monkeypatch.setattr(saliency_results, "evaluate", fake_evaluate)
     args = argparse.Namespace(max_steps=None, eval_batches=1, auc_batches=0, pixels_per_step=500, seeds=[0, 1, 2],
-                              accelerator="cpu")
+                              accelerator="cpu", dataset="fashion_mnist")
     rows = {row["method"]: row for row in saliency_results.score("convnet4", 1, args)}
     assert seeds == [0, 1, 2]
     assert rows["gradcam"]["randomised"] == [0.1, 0.3, 0.2] and rows["random"]["randomised"] is None
