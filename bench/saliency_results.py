@@ -2,7 +2,7 @@
 
     python bench/saliency_results.py --out results_saliency.md [--models convnet4 cbam_convnet4 vit ...]
         [--train-objects 3 1] [--eval-batches 4] [--auc-batches 2] [--skip-training] [--accelerator auto]
-        [--train-args "--data.init_args.num_workers 4"] [--dataset mnist]
+        [--train-args "--data.init_args.num_workers 4"] [--dataset mnist] [--methods gradcam scorecam occlusion]
     # smoke run (minutes on a CPU): --models convnet4 --train-objects 3 --max-steps 20 --eval-batches 1
     #     --auc-batches 0
     # a longer budget than the configs': --models convnet4 --max-steps 7500
@@ -23,14 +23,14 @@ Every model is trained by one ``train.py`` run (``train_command`` prints it, so 
   softmax classification; scored on one-garment canvases only.
 
 For each model and each number of garments k, ``cvattn.saliency.evaluate`` scores the model's default methods (its
-native maps, gradcam and gradcam++) beside the model-free baselines (random, centre, brightness) on the first
-``--eval-batches`` test batches of 64, and scores every method again on ``randomised_copy(model, seed)`` (every
-layer re-initialised) for each of ``--seeds`` (mean and range: one random network can keep a bright garment in its
-map far more than another): a method whose score does not drop there is not explaining the model on that metric.
-Training and scoring run on the GPU when there is one (``--accelerator``). Accuracy is
-measured on the same canvases: top-1 on one garment, exact top-k (the k highest logits are the k classes present)
-on k garments. Deletion and insertion AUC (RISE) only on one-garment canvases (``--auc-batches``; they cost about
-H·W / pixels-per-step forwards per image and method).
+native maps, gradcam and gradcam++; ``--methods`` names others) beside the model-free baselines (random, centre,
+brightness) on the first ``--eval-batches`` test batches of 64, and scores every method again on
+``randomised_copy(model, seed)`` (every layer re-initialised) for each of ``--seeds`` (mean and range: one random
+network can keep a bright garment in its map far more than another): a method whose score does not drop there is
+not explaining the model on that metric. Training and scoring run on the GPU when there is one (``--accelerator``).
+Accuracy is measured on the same canvases: top-1 on one garment, exact top-k (the k highest logits are the k
+classes present) on k garments. Deletion and insertion AUC (RISE) only on one-garment canvases (``--auc-batches``;
+they cost about H·W / pixels-per-step forwards per image and method).
 """
 from __future__ import annotations
 
@@ -43,14 +43,17 @@ import time
 from pathlib import Path
 
 import torch
+import yaml
 
 import cvattn
 from _common import ROOT, hardware
 from cvattn.checkpoint import load_weights
+from cvattn.checks import did_you_mean
 from cvattn.config import build_from_config
 from cvattn.data import FashionMNISTDataModule, MNISTDataModule
 from cvattn.lightning import MultiLabelClassifier
-from cvattn.saliency import BASELINES, evaluate, randomised_copy
+from cvattn.saliency import BASELINES, available_methods, evaluate, randomised_copy
+from cvattn.saliency.registry import METHODS
 from cvattn.saliency.runtime import objects_of, unwrap
 
 CONFIGS = {"fashion_mnist": {1: "configs/saliency_fashion_mnist_100.yaml",
@@ -121,6 +124,29 @@ def train_command(model: str, objects: int, steps: int | None = None, dataset: s
             "--trainer.logger.init_args.name", run_name(model, trained, steps, dataset)]
 
 
+def check_methods(model: str, objects: int, methods: list[str] | None, dataset: str = "fashion_mnist") -> None:
+    """Raise ValueError, before anything is trained, when one of ``methods`` is unknown or does not apply to the
+    network that ``train_command`` trains (built untrained from the same config and overrides)."""
+    if methods is None:
+        return
+    for method in methods:
+        if method not in METHODS:
+            raise ValueError(f"Unknown saliency method {method!r}.{did_you_mean(method, METHODS)} Accepted: "
+                             f"{', '.join(METHODS)}.")
+    command = train_command(model, objects, dataset=dataset)
+    options = dict(zip(command[1::2], command[2::2]))                # train.py --flag value --flag value ...
+    init_args = yaml.safe_load((ROOT / options["--config"]).read_text())["model"]["init_args"]
+    kwargs = json.loads(options.get("--model.init_args.model_kwargs", "null")) or init_args.get("model_kwargs") or {}
+    if "in_chans" in init_args:
+        kwargs["in_chans"] = init_args["in_chans"]
+    applicable = available_methods(cvattn.create_model(options.get("--model.init_args.model", init_args["model"]),
+                                                       **kwargs))
+    unfit = [method for method in methods if method not in applicable]
+    if unfit:
+        raise ValueError(f"Saliency method(s) {', '.join(unfit)} do not apply to {model}; its methods: "
+                         f"{', '.join(applicable)}.")
+
+
 def best_checkpoint(model: str, objects: int, steps: int | None = None,
                     dataset: str = "fashion_mnist") -> Path | None:
     """The best-validation checkpoint of the newest trained run of ``model`` (for ``steps``, or the config's) for
@@ -182,10 +208,11 @@ def score(model: str, trained: int, args) -> list[dict]:
         start = time.perf_counter()
         acc = accuracy(module, data, args.eval_batches)
         auc = objects == 1 and args.auc_batches > 0
-        trained_scores = evaluate(module, data, max_batches=args.eval_batches if not auc else args.auc_batches,
+        trained_scores = evaluate(module, data, methods=args.methods,
+                                  max_batches=args.eval_batches if not auc else args.auc_batches,
                                   pixels_per_step=args.pixels_per_step, auc=auc)
         if auc and args.eval_batches != args.auc_batches:   # the pointing game on all eval batches, AUCs on fewer
-            pointing = evaluate(module, data, max_batches=args.eval_batches, auc=False)
+            pointing = evaluate(module, data, methods=args.methods, max_batches=args.eval_batches, auc=False)
             for method, values in trained_scores.items():
                 values.update({k: pointing[method][k] for k in ("pointing_game", "energy_in_box", "num_images")})
         methods = [method for method in trained_scores if method not in BASELINES]
@@ -241,6 +268,9 @@ def main() -> None:
     parser.add_argument("--accelerator", default="auto")
     parser.add_argument("--dataset", choices=list(CONFIGS), default="fashion_mnist",
                         help="what the canvases hold: garments, or (multi-object models only) MNIST digits")
+    parser.add_argument("--methods", nargs="+",
+                        help="saliency methods to score (default: each model's own, gradcam and gradcam++); the "
+                             "baselines are always added")
     parser.add_argument("--train-args", default="", help="more train.py overrides for every run, one string, e.g. "
                         "'--data.init_args.num_workers 4 --trainer.max_time 00:00:08:00'")
     args = parser.parse_args()
@@ -249,6 +279,7 @@ def main() -> None:
     for model, trained in runs:           # every name and combination checked before anything is trained
         try:
             train_command(model, trained, args.max_steps, args.dataset)
+            check_methods(model, trained, args.methods, args.dataset)
         except ValueError as error:
             parser.error(str(error))
 
@@ -272,6 +303,7 @@ def main() -> None:
              f"--seeds {' '.join(map(str, args.seeds))}"
              + (f" --max-steps {args.max_steps}" if args.max_steps else "")
              + (f" --dataset {args.dataset}" if args.dataset != "fashion_mnist" else "")
+             + (f" --methods {' '.join(args.methods)}" if args.methods else "")
              + (f" --train-args {shlex.quote(args.train_args)}" if args.train_args else "") + "`.", ""] + table(rows)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")

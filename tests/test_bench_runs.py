@@ -90,12 +90,50 @@ def test_saliency_scores_a_randomised_model_per_seed_and_reports_their_spread(mo
     monkeypatch.setattr(saliency_results, "randomised_copy", fake_copy)
     monkeypatch.setattr(saliency_results, "evaluate", fake_evaluate)
     args = argparse.Namespace(max_steps=None, eval_batches=1, auc_batches=0, pixels_per_step=500, seeds=[0, 1, 2],
-                              accelerator="cpu", dataset="fashion_mnist")
+                              accelerator="cpu", dataset="fashion_mnist", methods=None)
     rows = {row["method"]: row for row in saliency_results.score("convnet4", 1, args)}
     assert seeds == [0, 1, 2]
     assert rows["gradcam"]["randomised"] == [0.1, 0.3, 0.2] and rows["random"]["randomised"] is None
     table = "\n".join(saliency_results.table(list(rows.values())))
     assert "| gradcam | 90.0 | 20.0 (10.0–30.0) |" in table and "| random | 90.0 | — |" in table
+
+
+def test_saliency_scores_the_methods_asked_for_and_refuses_unknown_or_unfit_ones_before_training(tmp_path,
+                                                                                               monkeypatch):
+    """``--methods`` replaces the model's default methods (on the trained model and on every randomised copy); a
+    name that does not exist, or a method the trained network could not give, stops the run before training."""
+    monkeypatch.setattr(saliency_results, "load", lambda *args: (torch.nn.Linear(1, 1), False))
+    monkeypatch.setattr(saliency_results, "test_data", lambda *args: None)
+    monkeypatch.setattr(saliency_results, "accuracy", lambda *args: 0.5)
+    monkeypatch.setattr(saliency_results, "randomised_copy", lambda model, seed: model)
+    asked = []
+
+    def fake_evaluate(model, data, methods=None, **kwargs):
+        asked.append(methods)
+        return {method: {"pointing_game": 0.5, "energy_in_box": 0.5, "num_images": 64}
+                for method in (methods or ["gradcam"]) + ["random"]}
+
+    monkeypatch.setattr(saliency_results, "evaluate", fake_evaluate)
+    args = argparse.Namespace(max_steps=None, eval_batches=1, auc_batches=0, pixels_per_step=500, seeds=[0],
+                              accelerator="cpu", dataset="fashion_mnist", methods=["scorecam", "occlusion"])
+    rows = saliency_results.score("cbam_convnet4", 1, args)
+    assert asked[0] == ["scorecam", "occlusion"] and {row["method"] for row in rows} == {"scorecam", "occlusion",
+                                                                                           "random"}
+
+    saliency_results.check_methods("cbam_convnet4", 3, ["scorecam", "spatial_gate", "occlusion"])
+    saliency_results.check_methods("vit", 3, ["grad_rollout"])
+    with pytest.raises(ValueError, match="'gradcamm'.*gradcam"):
+        saliency_results.check_methods("convnet4", 3, ["gradcamm"])
+    with pytest.raises(ValueError, match="grad_rollout, spatial_gate do not apply to se_convnet4; its methods: "
+                                         "channel_gate, gradcam"):
+        saliency_results.check_methods("se_convnet4", 3, ["gradcam", "grad_rollout", "spatial_gate"])
+    monkeypatch.setattr(saliency_results.subprocess, "run", lambda *a, **k: pytest.fail("trained"))
+    for methods in (["gradcamm"], ["spatial_gate"]):
+        monkeypatch.setattr(sys, "argv", ["saliency_results.py", "--out", str(tmp_path / "r.md"),
+                                          "--models", "convnet4", "--methods", *methods])
+        with pytest.raises(SystemExit):
+            saliency_results.main()
+    assert not (tmp_path / "r.md").exists()
 
 
 def test_st_results_reads_the_run_of_the_asked_seed(tmp_path, monkeypatch):
