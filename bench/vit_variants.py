@@ -2,7 +2,7 @@
 
     python bench/vit_variants.py [--out docs/vit_variants.md] [--rows learned sinusoidal none heads1 ...]
         [--epochs 4] [--limit-train-batches 25] [--limit-val-batches 12] [--warmup-epochs 0.4]
-        [--precision 32-true] [--reuse-finished]
+        [--seeds 0 1 2] [--jobs 2] [--precision 32-true] [--reuse-finished]
 
 Every row is one ``train.py`` run of ``configs/vit_fashion_mnist.yaml`` (width 128, depth 6, 4 heads, MLP 256,
 mean-pooled head; AdamW, cosine with warm-up, label smoothing, shifts and flips) shortened to ``--epochs`` epochs of
@@ -18,7 +18,9 @@ run's command, so a row can be reproduced alone. Rows:
 
 Validation accuracy after every epoch is read on the first ``--limit-val-batches`` batches of the validation split
 (the same images every time); the test accuracy is that of the best-validation checkpoint on the whole test split.
-One process, one thread (``OMP_NUM_THREADS=1``), one run at a time; wall time and the child's CPU time are recorded.
+Every row is trained once per ``--seeds`` value (``seed_everything``), and with several seeds a second table gives
+each row's mean and standard deviation. Every run is one process with one thread (``OMP_NUM_THREADS=1``),
+``--jobs`` of them at once; each run's wall time and its own CPU time are recorded.
 """
 from __future__ import annotations
 
@@ -27,10 +29,11 @@ import csv
 import json
 import os
 import platform
-import resource
+import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -65,10 +68,30 @@ def _curve(run_dir: Path) -> tuple[list[float], float]:
     return val, train_loss[-1] if train_loss else float("nan")
 
 
+def _train(overrides: list[str], env: dict) -> dict:
+    """Run ``train.py`` once; its wall time and its own CPU time (``wait4``: right even with several runs at once)."""
+    start = time.perf_counter()
+    child = subprocess.Popen([sys.executable, "train.py", *overrides], cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
+    _, status, usage = os.wait4(child.pid, 0)
+    child.returncode = os.waitstatus_to_exitcode(status)
+    if child.returncode:
+        raise subprocess.CalledProcessError(child.returncode, child.args)
+    return dict(wall_s=time.perf_counter() - start, cpu_s=usage.ru_utime + usage.ru_stime)
+
+
+def _mean_sd(values: list[float]) -> str:
+    mean = statistics.fmean(values)
+    return f"{mean:.2f} ± {statistics.stdev(values):.2f}" if len(values) > 1 else f"{mean:.2f}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=None, help="also write the table to this markdown file")
     parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0],
+                        help="train every row once per seed; with several, a second table gives mean ± sd")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="runs at once, one thread each (no more than the CPU cores, or every run slows down)")
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--limit-train-batches", type=int, default=25)
     parser.add_argument("--limit-val-batches", type=int, default=12)
@@ -78,15 +101,18 @@ def main() -> None:
     parser.add_argument("--reuse-finished", action="store_true",
                         help="read a row whose run already has a test result instead of training it again")
     args = parser.parse_args()
+    if not 1 <= args.jobs <= (os.cpu_count() or 1):
+        parser.error(f"--jobs must be between 1 and the {os.cpu_count()} CPU cores; got {args.jobs}")
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     steps = args.epochs * args.limit_train_batches
-    lines = []
-    for name in args.rows:
+
+    def run(name: str, seed: int) -> dict:
         comparison, extra = ROWS[name]
         kwargs = {**BASE, **extra}
-        run_name = f"vit_variants_{name}_{steps}steps"
-        overrides = ["--config", CONFIG, "--model.init_args.model_kwargs", _flow(kwargs),
+        run_name = f"vit_variants_{name}_{steps}steps_seed{seed}"
+        overrides = ["--config", CONFIG, "--seed_everything", str(seed),
+                     "--model.init_args.model_kwargs", _flow(kwargs),
                      "--model.init_args.warmup_epochs", str(args.warmup_epochs),
                      "--trainer.max_epochs", str(args.epochs),
                      "--trainer.limit_train_batches", str(args.limit_train_batches),
@@ -101,40 +127,56 @@ def main() -> None:
         if args.reuse_finished and finished:
             run_dir = max((f.parent for f in finished), key=lambda p: int(p.name.split("_")[1]))
         else:
-            before = resource.getrusage(resource.RUSAGE_CHILDREN)
-            start = time.perf_counter()
-            subprocess.run([sys.executable, "train.py", *overrides], cwd=ROOT, check=True, env=env,
-                           stdout=subprocess.DEVNULL)
-            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            timing = _train(overrides, env)
             run_dir = newest_run(run_name)
-            timing = dict(wall_s=time.perf_counter() - start,
-                          cpu_s=(after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime))
             (run_dir / "vit_variants_timing.json").write_text(json.dumps(timing))
         timing = json.loads((run_dir / "vit_variants_timing.json").read_text())
         val, train_loss = _curve(run_dir)
         with torch.device("meta"):
             params = sum(p.numel() for p in create_model("vit_tiny_patch4_28", **kwargs).parameters())
-        shape = f"{kwargs['num_heads']} × {kwargs['depth']} × {kwargs['embed_dim']}"
-        row = (f"| {comparison} | `{name}` | {kwargs.get('pos_embed', 'learned')} | {shape} | {params:,} | "
-               f"{' / '.join(f'{100 * v:.1f}' for v in val)} | {100 * test_accuracy(run_dir):.2f} | "
-               f"{train_loss:.3f} | {timing['wall_s'] / 60:.1f} | {timing['cpu_s'] / 60:.1f} |")
-        print(row, flush=True)
-        lines.append(row)
+        result = dict(name=name, seed=seed, comparison=comparison, params=params, val=val,
+                      test=100 * test_accuracy(run_dir), train_loss=train_loss,
+                      shape=f"{kwargs['num_heads']} × {kwargs['depth']} × {kwargs['embed_dim']}",
+                      pos_embed=kwargs.get("pos_embed", "learned"), **timing)
+        result["row"] = (f"| {comparison} | `{name}` | {seed} | {result['pos_embed']} | {result['shape']} | "
+                         f"{params:,} | {' / '.join(f'{100 * v:.1f}' for v in val)} | {result['test']:.2f} | "
+                         f"{train_loss:.3f} | {timing['wall_s'] / 60:.1f} | {timing['cpu_s'] / 60:.1f} |")
+        print(result["row"], flush=True)
+        return result
+
+    # seeds outermost: a sweep stopped early has every row at the seeds it finished
+    tasks = [(name, seed) for seed in args.seeds for name in args.rows]
+    with ThreadPoolExecutor(args.jobs) as pool:
+        results = list(pool.map(lambda task: run(*task), tasks))
 
     header = [
         f"Fashion-MNIST, `{CONFIG}` shortened to {args.epochs} epochs × {args.limit_train_batches} batches of 128 "
         f"({steps} steps, {steps * 128:,} images, {steps * 128 / 54_000:.2f} passes over the 54k training images), "
         f"warm-up {args.warmup_epochs} epoch then cosine; validation on the first {args.limit_val_batches * 128:,} "
         f"validation images after each epoch; test: best-validation checkpoint on the 10,000 test images. "
-        f"Seed 0, one run per row, precision {args.precision}; hardware: {platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} cores, one process with OMP_NUM_THREADS=1; torch {torch.__version__}.",
+        f"Seeds {', '.join(map(str, args.seeds))}, precision {args.precision}; hardware: "
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {args.jobs} run(s) at once with "
+        f"OMP_NUM_THREADS=1 each; torch {torch.__version__}.",
         f"Command: `python bench/vit_variants.py {' '.join(sys.argv[1:])}`.",
         "",
-        "| comparison | row | pos_embed | heads × depth × width | params | val acc (%) per epoch | test acc (%) "
+        "| comparison | row | seed | pos_embed | heads × depth × width | params | val acc (%) per epoch | test acc (%) "
         "| final train loss | wall (min) | CPU (min) |",
-        "| --- | --- | --- | --- | ---: | --- | ---: | ---: | ---: | ---: |",
+        "| --- | --- | ---: | --- | --- | ---: | --- | ---: | ---: | ---: | ---: |",
     ]
-    table = "\n".join(header + lines) + "\n"
+    lines = header + [r["row"] for r in results]
+    if len(args.seeds) > 1:
+        lines += ["", "| comparison | row | heads × depth × width | test acc (%) per seed | test acc (%), mean ± sd "
+                  "| val acc (%) per epoch, mean over seeds | CPU (min), mean |",
+                  "| --- | --- | --- | --- | ---: | --- | ---: |"]
+        for name in args.rows:
+            runs = [r for r in results if r["name"] == name]
+            tests = [r["test"] for r in runs]
+            curve = [statistics.fmean(epoch) for epoch in zip(*(r["val"] for r in runs))]
+            lines.append(f"| {runs[0]['comparison']} | `{name}` | {runs[0]['shape']} | "
+                         f"{' / '.join(f'{test:.2f}' for test in tests)} | {_mean_sd(tests)} | "
+                         f"{' / '.join(f'{100 * v:.1f}' for v in curve)} | "
+                         f"{statistics.fmean(r['cpu_s'] for r in runs) / 60:.1f} |")
+    table = "\n".join(lines) + "\n"
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(table)
