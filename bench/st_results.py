@@ -5,7 +5,9 @@
         [--reuse-finished] [--train-args "--data.init_args.num_workers 2"]
 
 Every row is one ``train.py`` run of ``configs/st_cnn_mnist_rts.yaml`` or ``configs/st_cnn_mnist_60_cluttered.yaml``
-with the overrides the script prints (the control: ``--model.init_args.model convnet2``), so any row can be
+with the overrides the script prints (the control: ``--model.init_args.model convnet2``; ``--models
+conv_fc_baseline st_conv_fc_baseline`` compares a CNN with a fully connected head instead of global average pooling,
+Mnih et al. 2014's conv baseline, alone and behind the transformer), so any row can be
 reproduced alone; ``--reuse-finished`` reads a run that already logged a test result instead of training again
 (runs of both models share the config's run folder: a row is matched by its model, its keyword arguments and its
 seed in the run's ``config.yaml``). ``--transform`` and ``--out-size`` are the ST-CNN's (``SpatialTransformer``'s
@@ -51,13 +53,16 @@ DATA = {("rts", "mnist"): ("cvattn.data.DistortedMNISTDataModule", DistortedMNIS
                                  {"canvas_size": 60, "num_distractors": 4}),
         ("cluttered", "fashion_mnist"): ("cvattn.data.FashionMNISTDataModule", FashionMNISTDataModule,
                                          {"canvas_size": 60, "num_distractors": 4})}
-MODELS = ("convnet2", "st_convnet2")
+CANVAS = {"rts": 42, "cluttered": 60}
+# Each CNN and the same CNN behind a transformer: convnet2 ends in global average pooling, conv_fc_baseline (Mnih et
+# al. 2014's conv baseline) in a fully connected layer over every position of its map.
+MODELS = ("convnet2", "st_convnet2", "conv_fc_baseline", "st_conv_fc_baseline")
 
 
 def overrides(task: str, dataset: str, model: str, args) -> list[str]:
     class_path = DATA[task, dataset][0]
     return ["--config", CONFIGS[task], "--model.init_args.model", model,
-            "--model.init_args.model_kwargs", json.dumps(model_kwargs(model, args)),
+            "--model.init_args.model_kwargs", json.dumps(model_kwargs(model, args, task)),
             "--data.class_path", class_path, "--data.init_args.num_workers", "0",
             "--trainer.max_epochs", "-1", "--trainer.max_steps", str(args.steps),
             "--trainer.val_check_interval", str(args.val_every), "--trainer.check_val_every_n_epoch", "null",
@@ -66,11 +71,19 @@ def overrides(task: str, dataset: str, model: str, args) -> list[str]:
         ["--trainer.limit_test_batches", str(args.limit_test_batches)] if args.limit_test_batches else [])
 
 
-def model_kwargs(model: str, args) -> dict:
-    """The model's keyword arguments: the width; for the ST-CNN also the transform and the output size."""
-    if model == "convnet2":
-        return {"width": args.width}
-    return {"transform": args.transform, "width": args.width, **({"out_size": args.out_size} if args.out_size else {}),
+def model_kwargs(model: str, args, task: str) -> dict:
+    """The model's keyword arguments: convnet2's width, or conv_fc_baseline's input size; for an ST model also the
+    transform, the output size and the localisation net's norm."""
+    is_st = model.startswith("st_")
+    if model.endswith("convnet2"):
+        cnn = {"width": args.width}
+    elif is_st and args.out_size:
+        cnn = {}                                  # st_conv_fc_baseline sizes its CNN for the transformer's output
+    else:
+        cnn = {"img_size": CANVAS[task]}
+    if not is_st:
+        return cnn
+    return {"transform": args.transform, **cnn, **({"out_size": args.out_size} if args.out_size else {}),
             **({"loc_norm": True} if args.loc_norm else {})}
 
 
@@ -153,7 +166,7 @@ def main() -> None:
     limit = 64 * args.limit_test_batches if args.limit_test_batches else None
     for task in args.tasks:
         for model in args.models:
-            kwargs = model_kwargs(model, args)
+            kwargs = model_kwargs(model, args, task)
             run_dir = finished_run(task, args.dataset, model, kwargs, args.seed) if args.reuse_finished else None
             minutes = cpu_minutes = float("nan")
             if run_dir is None:
@@ -167,7 +180,7 @@ def main() -> None:
                 # Not the config's newest run: another st_results.py running beside this one may own that.
                 run_dir = finished_run(task, args.dataset, model, kwargs, args.seed)
             error = 100 * (1 - test_accuracy(run_dir))
-            if model == "st_convnet2":
+            if model.startswith("st_"):
                 best = next(p for p in (run_dir / "checkpoints").glob("*.ckpt") if p.name != "last.ckpt")
                 centre, iou, offset, outside = where_it_looks(best, task, args.dataset, limit)
                 looks = f"{centre:.1f} | {iou:.3f} | {offset:.1f} | {outside:.2f}"

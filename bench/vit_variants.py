@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import argparse
 import csv
+import inspect
 import json
+import math
 import os
 import platform
 import statistics
@@ -37,8 +39,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
+import yaml
 
 from _common import ROOT, newest_run, test_accuracy
+from cvattn.data import FashionMNISTDataModule
 from cvattn.models import create_model
 
 CONFIG = "configs/vit_fashion_mnist.yaml"
@@ -79,6 +83,16 @@ def _train(overrides: list[str], env: dict) -> dict:
     return dict(wall_s=time.perf_counter() - start, cpu_s=usage.ru_utime + usage.ru_stime)
 
 
+def epoch_batches() -> int:
+    """Training batches in one epoch of the config: Fashion-MNIST's 60 000 training images less the datamodule's
+    validation share, in the config's batches (the last one short, not dropped)."""
+    data = yaml.safe_load((ROOT / CONFIG).read_text())["data"]
+    val_fraction = data["init_args"].get("val_fraction",
+                                         inspect.signature(FashionMNISTDataModule).parameters["val_fraction"].default)
+    train_images = 60_000 - round(60_000 * val_fraction)
+    return math.ceil(train_images / data["init_args"]["batch_size"])
+
+
 def _mean_sd(values: list[float]) -> str:
     mean = statistics.fmean(values)
     return f"{mean:.2f} ± {statistics.stdev(values):.2f}" if len(values) > 1 else f"{mean:.2f}"
@@ -103,6 +117,12 @@ def main() -> None:
     args = parser.parse_args()
     if not 1 <= args.jobs <= (os.cpu_count() or 1):
         parser.error(f"--jobs must be between 1 and the {os.cpu_count()} CPU cores; got {args.jobs}")
+
+    per_epoch = epoch_batches()
+    if not 1 <= args.limit_train_batches <= per_epoch:
+        parser.error(f"--limit-train-batches must be between 1 and the {per_epoch} batches of one epoch of {CONFIG} "
+                     f"(a larger limit trains {per_epoch}, and the runs' names and step counts would be wrong); got "
+                     f"{args.limit_train_batches}. For more steps raise --epochs.")
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     steps = args.epochs * args.limit_train_batches

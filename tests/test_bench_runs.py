@@ -12,6 +12,7 @@ BENCH = Path(__file__).resolve().parents[1] / "bench"
 sys.path.insert(0, str(BENCH))
 import saliency_results  # noqa: E402
 import st_results  # noqa: E402
+import vit_variants  # noqa: E402
 
 
 def fake_run(folder: Path, version: int, config: dict, test_acc: float | None = None) -> Path:
@@ -152,7 +153,7 @@ def test_st_results_reads_the_run_of_the_asked_seed(tmp_path, monkeypatch):
     zoom = fake_run(folder, 4, config("st_convnet2", 1, transform="affine", out_size=30), test_acc=0.97)
     args = dict(width=16, steps=3000, val_every=500, limit_val_batches=20, precision="bf16-mixed",
                 limit_test_batches=None, seed=2, transform="affine", out_size=None, loc_norm=False)
-    affine = st_results.model_kwargs("st_convnet2", type("Args", (), args))
+    affine = st_results.model_kwargs("st_convnet2", type("Args", (), args), "cluttered")
     assert st_results.finished_run("cluttered", "mnist", "st_convnet2", affine, 0) == seed0
     assert st_results.finished_run("cluttered", "mnist", "st_convnet2", affine, 1) == seed1
     assert st_results.finished_run("cluttered", "mnist", "st_convnet2", affine, 2) is None
@@ -161,3 +162,18 @@ def test_st_results_reads_the_run_of_the_asked_seed(tmp_path, monkeypatch):
     command = st_results.overrides("cluttered", "mnist", "convnet2", type("Args", (), args))
     assert command[command.index("--seed_everything") + 1] == "2"
     assert yaml.safe_load(command[command.index("--model.init_args.model_kwargs") + 1]) == {"width": 16}
+    zoom_args = type("Args", (), {**args, "out_size": 30})               # the fc CNN is sized for what it sees
+    assert st_results.model_kwargs("conv_fc_baseline", zoom_args, "rts") == {"img_size": 42}
+    assert st_results.model_kwargs("st_conv_fc_baseline", zoom_args, "rts") == {"transform": "affine", "out_size": 30}
+    assert st_results.model_kwargs("st_conv_fc_baseline", type("Args", (), args), "rts") == {
+        "transform": "affine", "img_size": 42}
+
+
+def test_vit_variants_refuses_a_batch_limit_beyond_one_epoch(monkeypatch, capsys):
+    """Fashion-MNIST's 54 000 training images make 422 batches of 128: a larger limit would train 422 an epoch while
+    the run's name and the table claimed more steps."""
+    monkeypatch.setattr(vit_variants, "_train", lambda *a, **k: pytest.fail("trained"))
+    monkeypatch.setattr(sys, "argv", ["vit_variants.py", "--rows", "learned", "--limit-train-batches", "800"])
+    with pytest.raises(SystemExit):
+        vit_variants.main()
+    assert "between 1 and the 422 batches of one epoch" in capsys.readouterr().err

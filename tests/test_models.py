@@ -128,9 +128,10 @@ NOT_BACKBONES = {name for name in cvattn.list_models() if name.startswith("ram_"
 
 def natural_input(name: str, model: torch.nn.Module) -> torch.Tensor:
     """A small batch at the size the model is made for: the name's suffix (_28, _60, _224...), else 28 for convnet2,
-    60 for the RAM paper's conv baseline and 32 for the CIFAR-style ResNets."""
+    60 for the RAM paper's conv baseline (alone or behind a transformer) and 32 for the CIFAR-style ResNets."""
     suffix = name.rsplit("_", 1)[-1]
-    size = int(suffix) if suffix.isdigit() else {"convnet2": 28, "conv_fc_baseline": 60}.get(name, 32)
+    sizes = {"convnet2": 28, "conv_fc_baseline": 60, "st_conv_fc_baseline": 60}
+    size = int(suffix) if suffix.isdigit() else sizes.get(name, 32)
     in_chans = model.in_chans if hasattr(model, "in_chans") else len(model.sensor.pad_value)
     return torch.randn(1 if size >= 224 else 2, in_chans, size, size, generator=torch.Generator().manual_seed(0))
 

@@ -205,6 +205,20 @@ def test_st_convnet2_is_convnet2_behind_a_transformer():
         cvattn.create_model("st_convnet2", widht=8)
 
 
+def test_st_conv_fc_baseline_sizes_its_cnn_for_the_transformers_output():
+    torch.manual_seed(0)
+    model = cvattn.create_model("st_conv_fc_baseline", num_classes=10, in_chans=1).eval()
+    plain = cvattn.create_model("conv_fc_baseline", num_classes=10, in_chans=1).eval()
+    plain.load_state_dict({k.removeprefix("backbone."): v for k, v in model.state_dict().items()
+                           if k.startswith("backbone.")})
+    x = torch.randn(2, 1, 60, 60)
+    torch.testing.assert_close(model(x), plain(x), rtol=1e-4, atol=1e-4)        # identity θ at initialisation
+    zoom = cvattn.create_model("st_conv_fc_baseline", out_size=30, transform="scale_translation").eval()
+    assert zoom.backbone.img_size == 30 and zoom(x).shape == (2, 10)             # 60×60 in, a 30×30 view to the CNN
+    with pytest.raises(ValueError, match=r"img_size=60 and out_size=30.*give out_size only"):
+        cvattn.create_model("st_conv_fc_baseline", img_size=60, out_size=30)
+
+
 def test_the_wrapper_puts_a_transformer_in_front_of_a_timm_model():
     torch.manual_seed(0)
     backbone = timm.create_model("resnet10t", num_classes=3, in_chans=1)

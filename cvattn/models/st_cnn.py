@@ -3,7 +3,8 @@ docs/references.md, "Spatial transformers").
 
 ``SpatialTransformerNet(backbone, in_chans)`` puts the transformer in front of any model: a cvattn or timm
 classifier, or anything mapping (B, C, H, W) images to logits. ``st_convnet2``: the paper's ST-CNN with
-``convnet2`` as the CNN.
+``convnet2`` as the CNN. ``st_conv_fc_baseline``: the transformer in front of ``conv_fc_baseline``, a CNN whose
+fully connected head reads every position of its map separately (no global pooling), as the CNNs of 2015 did.
 
 The backbone contract carries over where the backbone has it: ``forward_features`` is the backbone's on the
 warped input, ``forward_head`` the backbone's, and ``feature_info`` the backbone's with every module path
@@ -12,7 +13,10 @@ relative to the transformer's output, which is the input's size unless ``out_siz
 ``forward_features`` gives a wrapper without a ``feature_info`` (not a ``FeatureBackbone``), whose
 ``forward_features`` raises.
 
-Deviation from the paper: ``convnet2`` is cvattn's CNN (two conv blocks, global average pooling), not the paper's.
+Deviation from the paper: ``convnet2`` is cvattn's CNN (two conv blocks, global average pooling), not the paper's;
+``conv_fc_baseline`` is Mnih et al. 2014's conv baseline (one strided conv, a hidden fc layer), not the paper's
+either. Global average pooling makes ``convnet2`` nearly invariant to where the digit sits, which leaves a
+transformer less to undo on translated canvases than a fully connected head does (docs/results.md).
 """
 from __future__ import annotations
 
@@ -22,7 +26,7 @@ import torch.nn as nn
 from cvattn.checks import check_images, check_int_range
 from cvattn.layers.spatial_transformer import SpatialTransformer
 from cvattn.models._registry import register_model
-from cvattn.models.convnet import ConvNet
+from cvattn.models.convnet import ConvFCBaseline, ConvNet
 
 
 class SpatialTransformerNet(nn.Module):
@@ -75,5 +79,20 @@ def st_convnet2(transform: str = "affine", out_size: int | tuple[int, int] | Non
     """ST-CNN: a ``SpatialTransformer`` (affine by default) in front of ``convnet2``; other arguments are
     ``convnet2``'s (``width``, ``attn_layer``, ``features_only``, ...)."""
     backbone = ConvNet(**kwargs)
+    return SpatialTransformerNet(backbone, backbone.in_chans, transform=transform, out_size=out_size,
+                                 loc_width=loc_width, loc_hidden=loc_hidden, loc_norm=loc_norm)
+
+
+@register_model
+def st_conv_fc_baseline(transform: str = "affine", out_size: int | None = None, loc_width: int = 16,
+                        loc_hidden: int = 32, loc_norm: bool = False, **kwargs) -> SpatialTransformerNet:
+    """A ``SpatialTransformer`` in front of ``conv_fc_baseline``; other arguments are ``conv_fc_baseline``'s. Its
+    ``img_size`` is the transformer's output size: ``out_size`` when given (square only), else ``img_size``."""
+    if out_size is not None:
+        if "img_size" in kwargs and kwargs["img_size"] != out_size:
+            raise ValueError(f"st_conv_fc_baseline got img_size={kwargs['img_size']} and out_size={out_size}: its "
+                             "CNN sees the transformer's output, so give out_size only (the input may be any size).")
+        kwargs["img_size"] = check_int_range("out_size", out_size, 1)
+    backbone = ConvFCBaseline(**kwargs)
     return SpatialTransformerNet(backbone, backbone.in_chans, transform=transform, out_size=out_size,
                                  loc_width=loc_width, loc_hidden=loc_hidden, loc_norm=loc_norm)
