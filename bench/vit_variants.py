@@ -83,14 +83,13 @@ def _train(overrides: list[str], env: dict) -> dict:
     return dict(wall_s=time.perf_counter() - start, cpu_s=usage.ru_utime + usage.ru_stime)
 
 
-def epoch_batches() -> int:
-    """Training batches in one epoch of the config: Fashion-MNIST's 60 000 training images less the datamodule's
-    validation share, in the config's batches (the last one short, not dropped)."""
-    data = yaml.safe_load((ROOT / CONFIG).read_text())["data"]
-    val_fraction = data["init_args"].get("val_fraction",
-                                         inspect.signature(FashionMNISTDataModule).parameters["val_fraction"].default)
-    train_images = 60_000 - round(60_000 * val_fraction)
-    return math.ceil(train_images / data["init_args"]["batch_size"])
+def training_split() -> tuple[int, int]:
+    """(training images, batch size) of the config: Fashion-MNIST's 60 000 training images less the datamodule's
+    validation share, and the config's batch size. An epoch is ceil(images / batch) batches (the last one short)."""
+    data = yaml.safe_load((ROOT / CONFIG).read_text())["data"]["init_args"]
+    default = inspect.signature(FashionMNISTDataModule).parameters["val_fraction"].default
+    val_fraction = data.get("val_fraction", default)
+    return 60_000 - round(60_000 * val_fraction), data["batch_size"]
 
 
 def _mean_sd(values: list[float]) -> str:
@@ -118,11 +117,12 @@ def main() -> None:
     if not 1 <= args.jobs <= (os.cpu_count() or 1):
         parser.error(f"--jobs must be between 1 and the {os.cpu_count()} CPU cores; got {args.jobs}")
 
-    per_epoch = epoch_batches()
+    train_images, batch_size = training_split()
+    per_epoch = math.ceil(train_images / batch_size)
     if not 1 <= args.limit_train_batches <= per_epoch:
-        parser.error(f"--limit-train-batches must be between 1 and the {per_epoch} batches of one epoch of {CONFIG} "
-                     f"(a larger limit trains {per_epoch}, and the runs' names and step counts would be wrong); got "
-                     f"{args.limit_train_batches}. For more steps raise --epochs.")
+        parser.error(f"--limit-train-batches must be between 1 and the {per_epoch} batches of one epoch of "
+                     f"{CONFIG} (a larger limit trains {per_epoch}, and the runs' names and step counts would be "
+                     f"wrong); got {args.limit_train_batches}. For more steps raise --epochs.")
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     steps = args.epochs * args.limit_train_batches
@@ -170,9 +170,10 @@ def main() -> None:
         results = list(pool.map(lambda task: run(*task), tasks))
 
     header = [
-        f"Fashion-MNIST, `{CONFIG}` shortened to {args.epochs} epochs × {args.limit_train_batches} batches of 128 "
-        f"({steps} steps, {steps * 128:,} images, {steps * 128 / 54_000:.2f} passes over the 54k training images), "
-        f"warm-up {args.warmup_epochs} epoch then cosine; validation on the first {args.limit_val_batches * 128:,} "
+        f"Fashion-MNIST, `{CONFIG}` shortened to {args.epochs} epochs × {args.limit_train_batches} batches of "
+        f"{batch_size} ({steps} steps, {steps * batch_size:,} images, {steps * batch_size / train_images:.2f} passes "
+        f"over the {train_images:,} training images), warm-up {args.warmup_epochs} epoch then cosine; validation on "
+        f"the first {args.limit_val_batches * batch_size:,} "
         f"validation images after each epoch; test: best-validation checkpoint on the 10,000 test images. "
         f"Seeds {', '.join(map(str, args.seeds))}, precision {args.precision}; hardware: "
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {args.jobs} run(s) at once with "
